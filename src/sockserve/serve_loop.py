@@ -1,0 +1,278 @@
+"""The serve loop: the one place that wires listener, stages, strategy and handler together.
+
+How it works
+    ``serve_forever`` waits in a selector on two things: the server's listening socket and
+    the read end of a socket pair. ``shutdown()`` writes a byte to the pair, so the loop
+    wakes at once instead of at the next ``poll_interval`` tick; ``poll_interval`` only
+    paces ``service_actions()``. When the listener is readable the loop accepts as many
+    pending connections as the kernel has queued (up to ``ACCEPT_BATCH``), and each one
+    goes: ``get_request`` → admission stages (``connection.py``) → ``verify_request`` →
+    ``process_request`` (which hands the work to the dispatch strategy) → handler.
+
+Threads
+    Several threads may run ``serve_forever`` on one server at once (the classic
+    "pre-allocated pool" recipe). The listening descriptor is non-blocking, so the threads
+    that lose an accept race go back to waiting instead of blocking inside accept().
+    A stop request is seen by every loop; the last one out clears it.
+
+Error handling
+    An accept error never escapes and never spins: ``listeners.py`` names the policy.
+    A handler exception goes to ``handle_error`` and the request is closed even if
+    ``handle_error`` itself raises (that is logged, and the loop goes on).
+
+The stdlib's private names ``_BaseServer__shutdown_request`` and
+``_BaseServer__is_shut_down`` remain the flag and the event, because real code sets the
+first to stop a loop without waiting and waits on the second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from typing import Any, Protocol
+
+from .addresses import format_address
+from .connection import Rejected, Stage, run_stages
+from .listeners import CAPACITY_ACCEPT_ERRNOS, TRANSIENT_ACCEPT_ERRNOS, AcceptBackoff
+
+log = logging.getLogger("sockserve.serve_loop")
+
+#: Connections accepted per wake-up before the loop checks for shutdown and runs
+#: ``service_actions``: large enough to drain a burst in few wake-ups, small enough that a
+#: flood cannot starve the stop check.
+ACCEPT_BATCH = 64
+
+_ServerSelector: type[selectors.BaseSelector] = getattr(
+    selectors, "PollSelector", selectors.SelectSelector
+)
+
+_STOP_FLAG = "_BaseServer__shutdown_request"
+_STOPPED_EVENT = "_BaseServer__is_shut_down"
+
+
+class Server(Protocol):
+    """The hooks of a stdlib-style server that the loop calls, in this order."""
+
+    server_address: Any
+    timeout: float | None
+
+    def fileno(self) -> int: ...
+    def get_request(self) -> tuple[Any, Any]: ...
+    def verify_request(self, request: Any, client_address: Any) -> bool: ...
+    def process_request(self, request: Any, client_address: Any) -> None: ...
+    def handle_error(self, request: Any, client_address: Any) -> None: ...
+    def shutdown_request(self, request: Any) -> None: ...
+    def handle_timeout(self) -> None: ...
+    def service_actions(self) -> None: ...
+    def _handle_request_noblock(self) -> Any: ...
+
+
+class ServeLoop:
+    """Runtime state of one server's loops: who is running, how to wake them, back-off."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop_threads: set[int] = set()
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self.backoff = AcceptBackoff()
+        self.stages: list[Stage] = []
+        self.accepted = 0
+
+    @property
+    def is_running(self) -> bool:
+        return bool(self._loop_threads)
+
+    # -- serve_forever / shutdown --------------------------------------------------------
+
+    def serve_forever(self, server: Server, poll_interval: float) -> None:
+        if not self._enter(server):
+            return
+        try:
+            with _ServerSelector() as selector:
+                selector.register(server, selectors.EVENT_READ, "listener")
+                wakeup = self._wakeup
+                assert wakeup is not None
+                selector.register(wakeup[0], selectors.EVENT_READ, "wakeup")
+                listener_registered = True
+                while not getattr(server, _STOP_FLAG):
+                    timeout = poll_interval
+                    if self.backoff.is_backing_off:
+                        # Leave the listener out of the selector while backing off: it stays
+                        # readable, and polling it would spin.
+                        pause = self.backoff.seconds_left()
+                        if pause > 0:
+                            if listener_registered:
+                                selector.unregister(server)
+                                listener_registered = False
+                            timeout = pause if timeout is None else min(timeout, pause)
+                        elif not listener_registered:
+                            selector.register(server, selectors.EVENT_READ, "listener")
+                            listener_registered = True
+                    ready = selector.select(timeout)
+                    if getattr(server, _STOP_FLAG):
+                        break
+                    for key, _ in ready:
+                        if key.data == "listener":
+                            self._accept_batch(server)
+                        else:
+                            _drain(wakeup[0])
+                    server.service_actions()
+        finally:
+            self._leave(server)
+
+    def _enter(self, server: Server) -> bool:
+        """Register the calling thread as a loop; False if a stop is already pending."""
+        with self._lock:
+            if getattr(server, _STOP_FLAG) and not self._loop_threads:
+                # shutdown() came before serve_forever(): honour it, as the stdlib does.
+                setattr(server, _STOP_FLAG, False)
+                getattr(server, _STOPPED_EVENT).set()
+                return False
+            if not self._loop_threads:
+                pair = socket.socketpair()
+                for end in pair:
+                    end.setblocking(False)
+                self._wakeup = pair
+                getattr(server, _STOPPED_EVENT).clear()
+            self._loop_threads.add(threading.get_ident())
+        _make_listener_nonblocking(server)
+        return True
+
+    def _leave(self, server: Server) -> None:
+        with self._lock:
+            self._loop_threads.discard(threading.get_ident())
+            if self._loop_threads:
+                return
+            if self._wakeup is not None:
+                for end in self._wakeup:
+                    end.close()
+                self._wakeup = None
+            setattr(server, _STOP_FLAG, False)
+            getattr(server, _STOPPED_EVENT).set()
+
+    def shutdown(self, server: Server) -> None:
+        """Ask every loop to stop; wait for them unless called from inside one.
+
+        Called from a handler running on the loop's thread, or from a signal handler
+        that interrupted it, waiting would deadlock: then it only asks and returns.
+        Called while no loop runs, it leaves the request pending for the next loop.
+        """
+        with self._lock:
+            setattr(server, _STOP_FLAG, True)
+            must_wait = bool(self._loop_threads) and (
+                threading.get_ident() not in self._loop_threads
+            )
+            if self._wakeup is not None:
+                try:
+                    self._wakeup[1].send(b"\0")
+                except (BlockingIOError, OSError):
+                    pass  # the pipe is full: the loop has wake-ups pending anyway
+        if must_wait:
+            getattr(server, _STOPPED_EVENT).wait()
+
+    # -- handle_request ------------------------------------------------------------------
+
+    def handle_request(self, server: Server, socket_timeout: float | None) -> Any:
+        """One request, honouring ``server.timeout`` and the listening socket's timeout."""
+        timeout = socket_timeout
+        if timeout is None:
+            timeout = server.timeout
+        elif server.timeout is not None:
+            timeout = min(timeout, server.timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        _make_listener_nonblocking(server)
+        with _ServerSelector() as selector:
+            selector.register(server, selectors.EVENT_READ)
+            while True:
+                if selector.select(timeout):
+                    return server._handle_request_noblock()
+                if deadline is not None:
+                    timeout = deadline - time.monotonic()
+                    if timeout < 0:
+                        return server.handle_timeout()
+
+    # -- one connection ------------------------------------------------------------------
+
+    def _accept_batch(self, server: Server) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if server._handle_request_noblock() is not True:
+                return  # nothing more queued, an error, or an override that says nothing
+            if getattr(server, _STOP_FLAG):
+                return
+
+    def handle_one(self, server: Server) -> bool:
+        """Accept one request and carry it to the strategy; False if none was accepted."""
+        try:
+            request, client_address = server.get_request()
+        except OSError as exc:
+            self._on_accept_error(server, exc)
+            return False
+        self.backoff.record_success(server.server_address)
+        self.accepted += 1
+        try:
+            request, client_address = run_stages(self.stages, request, client_address)
+        except Rejected as why:
+            log.info("refused %s: %s", format_address(client_address), why)
+            server.shutdown_request(request)
+            return True
+        try:
+            if server.verify_request(request, client_address):
+                server.process_request(request, client_address)
+            else:
+                server.shutdown_request(request)
+        except Exception:
+            report_handler_error(server, request, client_address)
+        except BaseException:
+            server.shutdown_request(request)
+            raise
+        return True
+
+    def _on_accept_error(self, server: Server, exc: OSError) -> None:
+        if exc.errno in TRANSIENT_ACCEPT_ERRNOS:
+            return  # this connection is gone (or none was there); the next accept may work
+        if exc.errno in CAPACITY_ACCEPT_ERRNOS or self.is_running:
+            self.backoff.record_failure(exc, server.server_address)
+        else:
+            log.error("accept() on %s failed", format_address(server.server_address), exc_info=exc)
+
+
+def report_handler_error(server: Server, request: Any, client_address: Any) -> None:
+    """Give the current exception to ``handle_error``; close the request whatever happens."""
+    try:
+        server.handle_error(request, client_address)
+    except Exception:
+        log.exception(
+            "handle_error() itself raised while reporting an error for %s",
+            format_address(client_address),
+        )
+    finally:
+        server.shutdown_request(request)
+
+
+def _make_listener_nonblocking(server: Server) -> None:
+    """Put the listening descriptor in non-blocking mode, leaving the Python-level timeout.
+
+    ``os.set_blocking`` changes the descriptor's O_NONBLOCK flag only, so
+    ``server.socket.gettimeout()`` (which ``handle_request`` reads) keeps the user's
+    value, accepted sockets stay blocking (Linux does not inherit the flag through
+    accept), and an accept that lost a race raises BlockingIOError instead of hanging.
+    Datagram servers are left alone: their socket also sends replies.
+    """
+    sock = getattr(server, "socket", None)
+    if isinstance(sock, socket.socket) and sock.type == socket.SOCK_STREAM:
+        try:
+            os.set_blocking(sock.fileno(), False)
+        except OSError:
+            pass  # closed already: the selector will report it
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except (BlockingIOError, OSError):
+        pass

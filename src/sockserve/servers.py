@@ -1,0 +1,375 @@
+"""The stdlib-compatible server classes: the facade over listener, loop and strategy.
+
+Every public name, class attribute and hook of ``socketserver`` is here with the same call
+order, so ``import sockserve as socketserver`` is a drop-in replacement. The work itself is
+done by composition: ``listeners.py`` binds and classifies accept errors, ``serve_loop.py``
+runs the loop, and the mixins in ``mixins.py`` choose a dispatch strategy.
+
+Defaults that differ from the stdlib, each because the stdlib's value hurts real traffic:
+
+* ``request_queue_size`` is ``socket.SOMAXCONN``, not 5: with a backlog of 5 a burst of
+  10,000 connects overflowed the queue and clients sat 1-7 s in SYN retries (over 30 s in
+  all, measured here); with a large backlog all arrived in about a second.
+* ``UDPServer.max_packet_size`` is 65535, not 8192: the largest UDP payload, so nothing a
+  client may legally send is cut; a datagram that still does not fit is logged and dropped.
+* ``handle_error`` logs to the ``sockserve`` logger with the client address and traceback
+  instead of printing to stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import threading
+from typing import Any, cast
+
+from .addresses import dual_stack_address, family_for, format_address
+from .connection import unmap_ipv4_client
+from .errors import ConfigurationError, HandlerClassError
+from .listeners import bind_socket, listen_socket
+from .serve_loop import ServeLoop, Server
+
+log = logging.getLogger("sockserve.servers")
+
+#: Oversized datagrams skipped in one ``get_request`` call before giving the loop a turn.
+MAX_TRUNCATED_SKIPS = 64
+
+
+class BaseServer:
+    """Base class for servers: the request loop and the hooks around it.
+
+    Methods for the caller:
+
+    - ``__init__(server_address, RequestHandlerClass)``
+    - ``serve_forever(poll_interval=0.5)``: serve until ``shutdown()``; ``poll_interval``
+      paces ``service_actions()`` (shutdown itself wakes the loop at once)
+    - ``shutdown()``: stop ``serve_forever``; safe from a handler or a signal handler
+    - ``handle_request()``: serve one request, honouring ``timeout``
+    - ``fileno()``: for selectors; the context manager calls ``server_close()``
+
+    Methods that may be overridden, in the order the loop calls them:
+
+    - ``server_bind()``, ``server_activate()`` (at construction)
+    - ``get_request() -> (request, client_address)``
+    - ``verify_request(request, client_address) -> bool``
+    - ``process_request(request, client_address)`` (the mixins replace this)
+    - ``finish_request(request, client_address)``: instantiate the handler
+    - ``shutdown_request(request)`` then ``close_request(request)``
+    - ``handle_error(request, client_address)``, ``handle_timeout()``,
+      ``service_actions()``, ``server_close()``
+
+    Class attributes: ``timeout``, ``address_family``, ``socket_type``,
+    ``allow_reuse_address``, ``allow_reuse_port``.
+
+    Error handling: an exception from the handler (or ``verify_request``) goes to
+    ``handle_error`` and the request is closed; if ``handle_error`` raises too, that is
+    logged and the request is still closed. Accept errors never stop the loop.
+    """
+
+    timeout: float | None = None
+
+    def __init__(self, server_address: Any, RequestHandlerClass: Any) -> None:
+        if not callable(RequestHandlerClass):
+            raise HandlerClassError(
+                "RequestHandlerClass must be a class (or a callable taking request, "
+                f"client_address, server), got {RequestHandlerClass!r} "
+                f"for the server on {format_address(server_address)}"
+            )
+        self.server_address = server_address
+        self.RequestHandlerClass = RequestHandlerClass
+        self.__is_shut_down = threading.Event()
+        self.__shutdown_request = False
+        self._serve_loop = ServeLoop()
+
+    def _hooks(self) -> Server:
+        # BaseServer leaves fileno() and get_request() to its subclasses, as the stdlib
+        # does; the loop only runs on servers that have them.
+        return cast(Server, self)
+
+    def server_activate(self) -> None:
+        """Called by the constructor to activate the server (listen, for streams)."""
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Handle requests until ``shutdown()``; ``service_actions`` every turn."""
+        self._serve_loop.serve_forever(self._hooks(), poll_interval)
+
+    def shutdown(self) -> None:
+        """Stop every ``serve_forever`` loop of this server.
+
+        From another thread it waits until the loops have returned. From the loop's own
+        thread (a handler, a signal handler) it only asks, and the loop stops when the
+        current request is done. Before any loop runs, it makes the next one return.
+        """
+        self._serve_loop.shutdown(self._hooks())
+
+    def service_actions(self) -> None:
+        """Called once per loop turn; override for periodic work."""
+
+    def handle_request(self) -> Any:
+        """Handle one request, waiting at most ``timeout`` (then ``handle_timeout()``)."""
+        sock = getattr(self, "socket", None)
+        socket_timeout = sock.gettimeout() if sock is not None else None
+        return self._serve_loop.handle_request(self._hooks(), socket_timeout)
+
+    def _handle_request_noblock(self) -> bool:
+        """Accept one pending request and process it; False when none was pending."""
+        return self._serve_loop.handle_one(self._hooks())
+
+    def handle_timeout(self) -> None:
+        """Called when ``handle_request`` waited ``timeout`` seconds for nothing."""
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Return False to refuse the request (it is then closed)."""
+        return True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the request here and now; the mixins override this."""
+        self.finish_request(request, client_address)
+        self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Release the server's resources."""
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Run the handler on the request."""
+        self.RequestHandlerClass(request, client_address, self)
+
+    def shutdown_request(self, request: Any) -> None:
+        """End the request cleanly, then close it."""
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """Release the request's resources."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log the exception being handled, with the client address and traceback."""
+        log.error(
+            "exception while handling a request from %s",
+            format_address(client_address),
+            exc_info=True,
+        )
+
+    def __enter__(self) -> BaseServer:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.server_close()
+
+
+class TCPServer(BaseServer):
+    """A server on a listening stream socket (TCP by default).
+
+    ``__init__(server_address, RequestHandlerClass, bind_and_activate=True, *,
+    dual_stack=None)``. With ``bind_and_activate=False`` the socket exists but is neither
+    bound nor listening: set options on ``self.socket``, then call ``server_bind()`` and
+    ``server_activate()``.
+
+    Class attributes: ``address_family``, ``socket_type``, ``request_queue_size``
+    (backlog), ``allow_reuse_address``, ``allow_reuse_port``, ``dual_stack`` (one IPv6
+    socket that takes IPv4 clients too; they appear as plain IPv4 ``client_address``).
+    An IPv6 literal host gives an ``AF_INET6`` socket without further ado.
+
+    Resource handling: a constructor that raises has closed the socket. ``server_close``
+    closes it, and a Unix socket file this server created is removed.
+    """
+
+    address_family: int = socket.AF_INET
+    socket_type: int = socket.SOCK_STREAM
+    request_queue_size: int = socket.SOMAXCONN
+    allow_reuse_address: bool = False
+    allow_reuse_port: bool = False
+    dual_stack: bool = False
+
+    def __init__(
+        self,
+        server_address: Any,
+        RequestHandlerClass: Any,
+        bind_and_activate: bool = True,
+        *,
+        dual_stack: bool | None = None,
+    ) -> None:
+        BaseServer.__init__(self, server_address, RequestHandlerClass)
+        if dual_stack is not None:
+            self.dual_stack = dual_stack
+        family = self._choose_family()
+        self._unix_path_created: tuple[Any, int, int] | None = None
+        self.socket = _open_socket(family, self.socket_type, dual_stack=self.dual_stack)
+        if family == getattr(socket, "AF_INET6", None):
+            self._serve_loop.stages.append(unmap_ipv4_client)
+        if bind_and_activate:
+            try:
+                self.server_bind()
+                self.server_activate()
+            except BaseException:
+                self.server_close()
+                self.socket.close()  # in case an overridden server_close() did not
+                raise
+
+    def _choose_family(self) -> int:
+        family: int
+        if self.dual_stack:
+            if self.address_family not in (socket.AF_INET, socket.AF_INET6):
+                raise ConfigurationError(
+                    "dual_stack needs an IP server, not address family "
+                    f"{self.address_family!r} (address {format_address(self.server_address)})"
+                )
+            self.server_address = dual_stack_address(self.server_address)
+            family = socket.AF_INET6
+        else:
+            family = family_for(self.server_address, self.address_family)
+        if family != self.address_family:
+            self.address_family = family
+        return family
+
+    def server_bind(self) -> None:
+        """Apply the reuse options and bind; ``server_address`` becomes the real one."""
+        if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.allow_reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        bind_socket(self.socket, self.server_address)
+        self._remember_unix_path()
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        """Listen, with a backlog of ``request_queue_size``."""
+        listen_socket(self.socket, self.request_queue_size, self.server_address)
+
+    def server_close(self) -> None:
+        """Close the listening socket (and remove the Unix socket file we created)."""
+        self.socket.close()
+        self._remove_unix_path()
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor, for selectors."""
+        return self.socket.fileno()
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept a connection: ``(socket, client_address)``."""
+        return self.socket.accept()
+
+    def shutdown_request(self, request: Any) -> None:
+        """Send FIN (so the peer sees the end of data at once), then close."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the peer may be gone already (ENOTCONN)
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        request.close()
+
+    # -- the Unix socket file ----------------------------------------------------------
+
+    def _remember_unix_path(self) -> None:
+        if self.socket.family != getattr(socket, "AF_UNIX", None):
+            return
+        path = self.server_address
+        if isinstance(path, (str, bytes, os.PathLike)):
+            path = os.fspath(path)
+            if path and path[:1] not in ("\0", b"\0"):
+                st = os.stat(path)
+                self._unix_path_created = (path, st.st_ino, os.getpid())
+
+    def _remove_unix_path(self) -> None:
+        created = getattr(self, "_unix_path_created", None)
+        if created is None:
+            return
+        path, inode, pid = created
+        if pid != os.getpid():
+            return  # a forked child: the file belongs to the parent
+        self._unix_path_created = None
+        try:
+            st = os.lstat(path)
+            if st.st_ino == inode and stat.S_ISSOCK(st.st_mode):
+                os.unlink(path)
+        except OSError:
+            pass  # already gone, or replaced by someone else's file: leave it
+
+
+class UDPServer(TCPServer):
+    """A datagram server; each datagram is one request ``(data, socket)``."""
+
+    allow_reuse_address = False
+    allow_reuse_port = False
+    socket_type = socket.SOCK_DGRAM
+    max_packet_size = 65535
+
+    def get_request(self) -> tuple[Any, Any]:
+        """Receive one datagram; oversized (truncated) ones are logged and dropped."""
+        for _ in range(MAX_TRUNCATED_SKIPS):
+            data, client_address, truncated = _receive_datagram(self.socket, self.max_packet_size)
+            if not truncated:
+                return (data, self.socket), client_address
+            log.warning(
+                "dropped a datagram from %s larger than max_packet_size=%d",
+                format_address(client_address),
+                self.max_packet_size,
+            )
+        raise BlockingIOError("only oversized datagrams were queued")
+
+    def server_activate(self) -> None:
+        """Datagram sockets do not listen."""
+
+    def shutdown_request(self, request: Any) -> None:
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """The socket is shared by every request: nothing to close."""
+
+
+if hasattr(socket, "AF_UNIX"):
+
+    class UnixStreamServer(TCPServer):
+        """A stream server on a Unix socket path (or a Linux abstract name)."""
+
+        address_family = socket.AF_UNIX
+
+    class UnixDatagramServer(UDPServer):
+        """A datagram server on a Unix socket path (or a Linux abstract name)."""
+
+        address_family = socket.AF_UNIX
+
+
+class _DualStackSocket(socket.socket):
+    """An IPv6 socket that also accepts a plain IPv4 address in ``sendto``.
+
+    Datagram handlers reply with ``sock.sendto(data, client_address)``; on a dual-stack
+    server that address has been shown to them as IPv4, which an ``AF_INET6`` socket
+    would refuse. Mapping it back here keeps such handlers working unchanged.
+    """
+
+    def sendto(self, data: Any, *args: Any) -> int:
+        *flags, address = args
+        if isinstance(address, tuple) and len(address) == 2 and ":" not in address[0]:
+            address = ("::ffff:" + address[0], address[1], 0, 0)
+        return super().sendto(data, *flags, address)  # type: ignore[call-overload,no-any-return]
+
+
+def _open_socket(family: int, sock_type: int, *, dual_stack: bool) -> socket.socket:
+    if not dual_stack:
+        return socket.socket(family, sock_type)
+    sock = _DualStackSocket(family, sock_type)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _receive_datagram(sock: socket.socket, max_size: int) -> tuple[bytes, Any, bool]:
+    """One datagram without blocking: ``(data, sender, was_truncated)``.
+
+    ``recvmsg`` reports MSG_TRUNC when the datagram did not fit; ``recvfrom`` cannot.
+    MSG_DONTWAIT makes this one call non-blocking while the socket itself stays blocking,
+    because handlers reply through the same socket.
+    """
+    flags = getattr(socket, "MSG_DONTWAIT", 0)
+    if hasattr(sock, "recvmsg"):
+        data, _, msg_flags, address = sock.recvmsg(max_size, 0, flags)
+        return data, address, bool(msg_flags & getattr(socket, "MSG_TRUNC", 0))
+    data, address = sock.recvfrom(max_size, flags)
+    return data, address, False
