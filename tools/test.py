@@ -1,0 +1,136 @@
+"""Run the test suite on every Python 3.11-3.13 this machine has, and on the default one.
+
+Usage: ``python3 tools/test.py [pytest arguments]``
+
+The interpreter running this script uses its own environment (install the project into it
+first: ``python3 -m pip install -e '.[dev]'``). Every other supported interpreter found on
+PATH (``python3.11`` ...) or under pyenv gets a virtual environment in ``.venvs/`` with
+the project and its test extras, made once and reused. A machine with only one Python runs
+the suite once. Exit status is non-zero if any run failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SUPPORTED = ("3.11", "3.12", "3.13")
+VENVS = ROOT / ".venvs"
+COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
+
+
+def main(pytest_args: list[str]) -> int:
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    runs: list[tuple[str, list[str]]] = [(here, [sys.executable])]
+    for version, python in find_other_interpreters(exclude=here):
+        venv_python = ensure_venv(version, python)
+        if venv_python is not None:
+            runs.append((version, [str(venv_python)]))
+    totals: dict[str, int] = {}
+    failed_versions = []
+    for version, python in runs:
+        print(f"\n===== Python {version}: {python[0]} =====", flush=True)
+        code, summary = run_pytest(python, pytest_args)
+        for count, kind in COUNT.findall(summary):
+            key = "errors" if kind.startswith("error") else kind
+            totals[key] = totals.get(key, 0) + int(count)
+        if code != 0:
+            failed_versions.append(version)
+    print("\n===== summary =====")
+    print("pythons: " + ", ".join(v for v, _ in runs))
+    if failed_versions:
+        print("failing on: " + ", ".join(failed_versions))
+    print(
+        f"total: {totals.get('passed', 0)} passed, "
+        f"{totals.get('failed', 0) + totals.get('errors', 0)} failed, "
+        f"{totals.get('skipped', 0)} skipped"
+    )
+    return 1 if failed_versions else 0
+
+
+def find_other_interpreters(exclude: str) -> list[tuple[str, str]]:
+    """One interpreter per supported minor version other than ``exclude``."""
+    found: dict[str, str] = {}
+    candidates = [shutil.which(f"python{v}") for v in SUPPORTED]
+    candidates += [str(p) for p in pyenv_pythons()]
+    for candidate in candidates:
+        if not candidate:
+            continue
+        version = interpreter_version(candidate)
+        if version in SUPPORTED and version != exclude and version not in found:
+            found[version] = candidate
+    return sorted(found.items())
+
+
+def pyenv_pythons() -> list[Path]:
+    root = os.environ.get("PYENV_ROOT") or str(Path.home() / ".pyenv")
+    versions = Path(root) / "versions"
+    if not versions.is_dir():
+        return []
+    return sorted(versions.glob("3.1[1-3]*/bin/python3"), reverse=True)
+
+
+def interpreter_version(python: str) -> str | None:
+    try:
+        out = subprocess.run(
+            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True, text=True, timeout=30, env=_clean_env(),
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def ensure_venv(version: str, python: str) -> Path | None:
+    """A venv for ``version`` with the project and test extras; None if it cannot be made."""
+    venv = VENVS / f"py{version}"
+    venv_python = venv / "bin" / "python"
+    stamp = venv / ".sockserve-installed"
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if venv_python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return venv_python
+    print(f"preparing {venv.relative_to(ROOT)} for Python {version} ...", flush=True)
+    steps = [
+        [python, "-m", "venv", "--clear", str(venv)],
+        [str(venv_python), "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]"],
+    ]
+    for step in steps:
+        if subprocess.run(step, env=_clean_env()).returncode != 0:
+            print(f"warning: could not prepare Python {version}; skipping it", flush=True)
+            return None
+    stamp.write_text(wanted)
+    return venv_python
+
+
+def run_pytest(python: list[str], args: list[str]) -> tuple[int, str]:
+    """Run pytest, streaming its output; return its exit code and closing line."""
+    proc = subprocess.Popen(
+        [*python, "-m", "pytest", *args],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=_clean_env(),
+    )
+    assert proc.stdout is not None
+    last = ""
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        if line.strip():
+            last = line
+    sys.stdout.flush()
+    return proc.wait(), last
+
+
+def _clean_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PYENV_VERSION", None)
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
