@@ -23,7 +23,8 @@ from .errors import (
     UnixSocketPathExistsError,
 )
 from .handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
-from .mixins import ThreadingMixIn
+from .metrics import DrainReport, ServerStats
+from .mixins import ThreadingMixIn, ThreadPoolMixIn
 from .servers import BaseServer, TCPServer, UDPServer
 
 __version__ = "0.1.0"
@@ -39,6 +40,11 @@ __all__ = [
     "DatagramRequestHandler",
     "ThreadingMixIn",
     # sockserve's own
+    "ThreadPoolMixIn",
+    "ThreadPoolTCPServer",
+    "ThreadPoolUDPServer",
+    "ServerStats",
+    "DrainReport",
     "SockserveError",
     "ConfigurationError",
     "HandlerClassError",
@@ -57,6 +63,14 @@ class ThreadingUDPServer(ThreadingMixIn, UDPServer):
 
 class ThreadingTCPServer(ThreadingMixIn, TCPServer):
     """TCP, each connection handled on its own thread."""
+
+
+class ThreadPoolUDPServer(ThreadPoolMixIn, UDPServer):
+    """UDP, datagrams handled by a bounded pool of worker threads."""
+
+
+class ThreadPoolTCPServer(ThreadPoolMixIn, TCPServer):
+    """TCP, connections handled by a bounded pool of worker threads."""
 
 
 if hasattr(os, "fork"):

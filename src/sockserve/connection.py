@@ -23,7 +23,15 @@ Stage = Callable[[Any, Any], "tuple[Any, Any]"]
 
 
 class Rejected(Exception):
-    """Raised by a stage to refuse a connection; the message says why (it is logged)."""
+    """Raised by a stage to refuse a connection.
+
+    ``reason`` is a short key counted in ``server.stats().rejected`` (``"denied"``,
+    ``"bad_proxy_header"``); the message, if any, is logged.
+    """
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason = reason
 
 
 def unmap_ipv4_client(request: Any, client_address: Any) -> tuple[Any, Any]:

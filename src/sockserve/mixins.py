@@ -7,12 +7,40 @@ the mixin's ``process_request`` and ``server_close`` in front of the server's.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from functools import partial
 from typing import Any
 
-from .dispatch import ForkPerRequest, ThreadPerRequest
-from .serve_loop import report_handler_error
+from .dispatch import ForkPerRequest, ThreadPerRequest, ThreadPool
+from .errors import ConfigurationError
+from .limits import Ticket
+from .serve_loop import ServeLoop, report_handler_error
+
+#: Thread-pool defaults. Each worker serves one connection at a time, so the worker count
+#: is the number of clients served at once; 64 covers a busy small service while keeping
+#: memory bounded (a Python thread costs about 8 MiB of address space, ~64 KiB resident).
+DEFAULT_MAX_WORKERS = 64
+#: Accepted requests allowed to wait for a worker before the loop stops accepting.
+DEFAULT_MAX_PENDING = 256
+
+
+def _take_ticket(server: Any) -> Ticket:
+    loop: ServeLoop = server._serve_loop
+    return loop.take_ticket()
+
+
+def _serve_and_close(server: Any, request: Any, client_address: Any) -> None:
+    """Run the handler; report an error; always close the request (stdlib semantics)."""
+    try:
+        server.finish_request(request, client_address)
+    except Exception:
+        report_handler_error(server, request, client_address)
+        return
+    except BaseException:
+        server.shutdown_request(request)
+        raise
+    server.shutdown_request(request)
 
 
 class ThreadingMixIn:
@@ -36,28 +64,114 @@ class ThreadingMixIn:
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Runs on the request's thread: the handler, then error handling and closing."""
-        server: Any = self
-        try:
-            server.finish_request(request, client_address)
-        except Exception:
-            report_handler_error(server, request, client_address)
-            return
-        except BaseException:
-            server.shutdown_request(request)
-            raise
-        server.shutdown_request(request)
+        _serve_and_close(self, request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a thread for the request."""
-        self._threads.submit(
-            partial(self.process_request_thread, request, client_address),
-            daemon=self.daemon_threads,
-            track=self.block_on_close and not self.daemon_threads,
-        )
+        ticket = _take_ticket(self)
+        try:
+            self._threads.submit(
+                partial(self._run_request_thread, request, client_address, ticket),
+                daemon=self.daemon_threads,
+                track=self.block_on_close and not self.daemon_threads,
+            )
+        except BaseException:
+            ticket.finish()
+            raise
+
+    def _run_request_thread(self, request: Any, client_address: Any, ticket: Ticket) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            ticket.finish()
+
+    def _dispatch_stats(self) -> tuple[int, int]:
+        return 0, len(self._threads)
 
     def server_close(self) -> None:
         super().server_close()  # type: ignore[misc]
         self._threads.join()
+
+
+class ThreadPoolMixIn:
+    """Serve requests on a bounded pool of long-lived worker threads.
+
+    ``max_workers``: the most threads that ever run handlers (default 64).
+    ``max_pending``: accepted requests that may wait for a free worker (default 256).
+    With ``max_workers + max_pending`` requests in flight the server is at capacity and
+    ``overload_policy`` applies: ``"wait"`` stops accepting (clients wait in the kernel
+    backlog), ``"reject"`` accepts, calls ``handle_overload`` and closes. Both may be
+    given as keywords to the constructor. ``daemon_threads`` and ``block_on_close``
+    mean what they mean for ``ThreadingMixIn``.
+    """
+
+    max_workers: int = DEFAULT_MAX_WORKERS
+    max_pending: int = DEFAULT_MAX_PENDING
+    daemon_threads = False
+    block_on_close = True
+
+    def __init__(
+        self,
+        *args: Any,
+        max_workers: int | None = None,
+        max_pending: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if max_workers is not None:
+            self.max_workers = max_workers
+        if max_pending is not None:
+            self.max_pending = max_pending
+        super().__init__(*args, **kwargs)
+
+    def _check_settings(self) -> None:
+        for name in ("max_workers", "max_pending"):
+            value = getattr(self, name)
+            least = 1 if name == "max_workers" else 0
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigurationError(f"{name} must be an int >= {least}, got {value!r}")
+        super()._check_settings()  # type: ignore[misc]
+
+    @property
+    def _pool(self) -> ThreadPool:
+        pool: ThreadPool | None = vars(self).get("_thread_pool")
+        if pool is None:
+            pool = vars(self).setdefault("_thread_pool", ThreadPool(self.max_workers))
+        return pool
+
+    def _capacity(self) -> tuple[int | None, str]:
+        limit, what = super()._capacity()  # type: ignore[misc]
+        pool_capacity = self.max_workers + self.max_pending
+        if limit is None or pool_capacity < limit:
+            return pool_capacity, "pool_full"
+        return limit, what
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Queue the request for the next free worker."""
+        ticket = _take_ticket(self)
+        try:
+            self._pool.submit(
+                partial(self._run_pooled, request, client_address, ticket),
+                daemon=self.daemon_threads,
+            )
+        except BaseException:
+            ticket.finish()
+            raise
+
+    def _run_pooled(self, request: Any, client_address: Any, ticket: Ticket) -> None:
+        try:
+            _serve_and_close(self, request, client_address)
+        finally:
+            ticket.finish()
+
+    def _dispatch_stats(self) -> tuple[int, int]:
+        if "_thread_pool" not in vars(self):
+            return 0, 0
+        return self._pool.queue_depth, self._pool.workers_alive
+
+    def server_close(self) -> None:
+        super().server_close()  # type: ignore[misc]
+        if "_thread_pool" in vars(self):
+            self._pool.close(wait=self.block_on_close and not self.daemon_threads)
 
 
 if hasattr(os, "fork"):
@@ -104,10 +218,30 @@ if hasattr(os, "fork"):
             """Fork a child for the request; the parent only closes its copy."""
             self.collect_children()
             server: Any = self
-            self._forks.submit(
-                partial(self._serve_in_child, request, client_address),
-                in_parent=partial(server.close_request, request),
-            )
+            ticket = _take_ticket(server)
+            try:
+                pid = self._forks.submit(
+                    partial(self._serve_in_child, request, client_address),
+                    in_parent=partial(server.close_request, request),
+                    on_exit=partial(self._child_exited, ticket),
+                )
+            except BaseException:
+                ticket.finish()
+                raise
+            ticket.aborter = partial(os.kill, pid, signal.SIGKILL)
+
+        def _child_exited(self, ticket: Ticket, exit_code: int) -> None:
+            if exit_code > 0:  # a handler error; negative codes are signals (drain aborts)
+                loop: ServeLoop = getattr(self, "_serve_loop")  # noqa: B009
+                loop.count_handler_error()
+            ticket.finish()
+
+        def _reap_finished_work(self) -> None:
+            self._forks.reap()
+            super()._reap_finished_work()  # type: ignore[misc]
+
+        def _dispatch_stats(self) -> tuple[int, int]:
+            return 0, len(self._forks.children)
 
         def _serve_in_child(self, request: Any, client_address: Any) -> int:
             server: Any = self

@@ -37,9 +37,18 @@ from typing import Any, Protocol
 
 from .addresses import format_address
 from .connection import Rejected, Stage, run_stages
+from .limits import ConnectionLimiter, Ticket, untracked_ticket
 from .listeners import CAPACITY_ACCEPT_ERRNOS, TRANSIENT_ACCEPT_ERRNOS, AcceptBackoff
+from .metrics import DrainReport, ServerStats
 
 log = logging.getLogger("sockserve.serve_loop")
+
+#: While the loop has stopped accepting for lack of room, it also looks every so often:
+#: a forked child's end is only seen when it is reaped, which no wake-up announces.
+ROOM_POLL_SECONDS = 0.05
+
+#: After ``drain`` aborts the stragglers, how long it gives them to unwind.
+ABORT_GRACE_SECONDS = 2.0
 
 #: Connections accepted per wake-up before the loop checks for shutdown and runs
 #: ``service_actions``: large enough to drain a burst in few wake-ups, small enough that a
@@ -59,6 +68,11 @@ class Server(Protocol):
 
     server_address: Any
     timeout: float | None
+    overload_policy: str
+
+    def _capacity(self) -> tuple[int | None, str]: ...
+    def handle_overload(self, request: Any, client_address: Any) -> None: ...
+    def _reap_finished_work(self) -> None: ...
 
     def fileno(self) -> int: ...
     def get_request(self) -> tuple[Any, Any]: ...
@@ -81,6 +95,12 @@ class ServeLoop:
         self.backoff = AcceptBackoff()
         self.stages: list[Stage] = []
         self.accepted = 0
+        self.limiter = ConnectionLimiter()
+        self.limiter.on_release = self._on_release
+        self._handoff = threading.local()
+        self._is_waiting_for_room = False
+        self._errors_lock = threading.Lock()
+        self.handler_errors = 0
 
     @property
     def is_running(self) -> bool:
@@ -99,19 +119,18 @@ class ServeLoop:
                 selector.register(wakeup[0], selectors.EVENT_READ, "wakeup")
                 listener_registered = True
                 while not getattr(server, _STOP_FLAG):
-                    timeout = poll_interval
-                    if self.backoff.is_backing_off:
-                        # Leave the listener out of the selector while backing off: it stays
+                    wants_listener, pause = self._should_accept(server)
+                    if wants_listener != listener_registered:
+                        # Out of the selector while we cannot accept: the listener stays
                         # readable, and polling it would spin.
-                        pause = self.backoff.seconds_left()
-                        if pause > 0:
-                            if listener_registered:
-                                selector.unregister(server)
-                                listener_registered = False
-                            timeout = pause if timeout is None else min(timeout, pause)
-                        elif not listener_registered:
+                        if wants_listener:
                             selector.register(server, selectors.EVENT_READ, "listener")
-                            listener_registered = True
+                        else:
+                            selector.unregister(server)
+                        listener_registered = wants_listener
+                    timeout = poll_interval
+                    if pause is not None:
+                        timeout = pause if timeout is None else min(timeout, pause)
                     ready = selector.select(timeout)
                     if getattr(server, _STOP_FLAG):
                         break
@@ -123,6 +142,34 @@ class ServeLoop:
                     server.service_actions()
         finally:
             self._leave(server)
+
+    def _should_accept(self, server: Server) -> tuple[bool, float | None]:
+        """Whether to watch the listener now, and how long at most to wait otherwise."""
+        if self.backoff.is_backing_off:
+            pause = self.backoff.seconds_left()
+            if pause > 0:
+                return False, pause
+        if server.overload_policy == "wait":
+            capacity, what = server._capacity()
+            has_room = self.limiter.has_room(capacity)
+            self._is_waiting_for_room = not has_room
+            self.limiter.note_capacity(not has_room, capacity, what, "wait")
+            if not has_room:
+                return False, ROOM_POLL_SECONDS
+        return True, None
+
+    def _on_release(self) -> None:
+        if self._is_waiting_for_room:
+            self.wake()
+
+    def wake(self) -> None:
+        """Make every loop look at its state now."""
+        with self._lock:
+            if self._wakeup is not None:
+                try:
+                    self._wakeup[1].send(b"\0")
+                except OSError:
+                    pass  # the pipe is full: the loop has wake-ups pending anyway
 
     def _enter(self, server: Server) -> bool:
         """Register the calling thread as a loop; False if a stop is already pending."""
@@ -166,11 +213,7 @@ class ServeLoop:
             must_wait = bool(self._loop_threads) and (
                 threading.get_ident() not in self._loop_threads
             )
-            if self._wakeup is not None:
-                try:
-                    self._wakeup[1].send(b"\0")
-                except (BlockingIOError, OSError):
-                    pass  # the pipe is full: the loop has wake-ups pending anyway
+        self.wake()
         if must_wait:
             getattr(server, _STOPPED_EVENT).wait()
 
@@ -203,6 +246,10 @@ class ServeLoop:
                 return  # nothing more queued, an error, or an override that says nothing
             if getattr(server, _STOP_FLAG):
                 return
+            if server.overload_policy == "wait" and not self.limiter.has_room(
+                server._capacity()[0]
+            ):
+                return
 
     def handle_one(self, server: Server) -> bool:
         """Accept one request and carry it to the strategy; False if none was accepted."""
@@ -216,9 +263,16 @@ class ServeLoop:
         try:
             request, client_address = run_stages(self.stages, request, client_address)
         except Rejected as why:
+            self.limiter.reject(why.reason)
             log.info("refused %s: %s", format_address(client_address), why)
             server.shutdown_request(request)
             return True
+        capacity, what = server._capacity()
+        if server.overload_policy == "reject" and not self.limiter.has_room(capacity):
+            self._refuse_overload(server, request, client_address, what)
+            return True
+        ticket = self.limiter.admit(request, client_address)
+        self._handoff.ticket = ticket
         try:
             if server.verify_request(request, client_address):
                 server.process_request(request, client_address)
@@ -229,7 +283,89 @@ class ServeLoop:
         except BaseException:
             server.shutdown_request(request)
             raise
+        finally:
+            if self._handoff.ticket is ticket:  # no strategy took it: the work is done
+                self._handoff.ticket = None
+                ticket.finish()
         return True
+
+    def take_ticket(self) -> Ticket:
+        """For a strategy inside ``process_request``: the request's ticket, now its to finish.
+
+        Outside the loop (``process_request`` called directly) it is a ticket that counts
+        nothing, so strategies need no special case.
+        """
+        ticket: Ticket | None = getattr(self._handoff, "ticket", None)
+        if ticket is None:
+            return untracked_ticket()
+        self._handoff.ticket = None
+        return ticket
+
+    def _refuse_overload(
+        self, server: Server, request: Any, client_address: Any, what: str
+    ) -> None:
+        self.limiter.reject(what)
+        capacity = server._capacity()[0]
+        self.limiter.note_capacity(True, capacity, what, "reject")
+        try:
+            server.handle_overload(request, client_address)
+        except Exception:
+            log.exception("handle_overload() raised for %s", format_address(client_address))
+        finally:
+            server.shutdown_request(request)
+
+    def count_handler_error(self) -> None:
+        with self._errors_lock:
+            self.handler_errors += 1
+
+    # -- stats and drain -----------------------------------------------------------------
+
+    def stats(self) -> ServerStats:
+        return ServerStats(
+            accepted=self.accepted,
+            active=self.limiter.active,
+            peak_active=self.limiter.peak,
+            rejected=dict(self.limiter.rejected),
+            handler_errors=self.handler_errors,
+            accept_errors=self.backoff.total_errors,
+        )
+
+    def drain(self, server: Server, timeout: float) -> DrainReport:
+        """Stop accepting, let in-flight work finish until the deadline, abort the rest."""
+        started = time.monotonic()
+        deadline = started + timeout
+        admitted_before = self.limiter.admitted - self.limiter.active
+        with self._lock:
+            setattr(server, _STOP_FLAG, True)  # ask, never wait: a loop may be mid-request
+        self.wake()
+        idle = self._wait_idle(server, deadline)
+        aborted = 0
+        if not idle:
+            stragglers = self.limiter.in_flight()
+            aborted = len(stragglers)
+            log.warning(
+                "drain: %d request(s) still running after %.1f s; aborting them",
+                aborted,
+                timeout,
+            )
+            for ticket in stragglers:
+                ticket.abort()
+            self._wait_idle(server, time.monotonic() + ABORT_GRACE_SECONDS)
+        if self.is_running:
+            getattr(server, _STOPPED_EVENT).wait(ABORT_GRACE_SECONDS)
+        finished = self.limiter.admitted - admitted_before - aborted - self.limiter.active
+        return DrainReport(
+            finished=max(finished, 0), aborted=aborted, seconds=time.monotonic() - started
+        )
+
+    def _wait_idle(self, server: Server, deadline: float) -> bool:
+        while True:
+            server._reap_finished_work()
+            step = min(deadline, time.monotonic() + ROOM_POLL_SECONDS)
+            if self.limiter.wait_idle(step):
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
     def _on_accept_error(self, server: Server, exc: OSError) -> None:
         if exc.errno in TRANSIENT_ACCEPT_ERRNOS:
@@ -242,6 +378,9 @@ class ServeLoop:
 
 def report_handler_error(server: Server, request: Any, client_address: Any) -> None:
     """Give the current exception to ``handle_error``; close the request whatever happens."""
+    loop = getattr(server, "_serve_loop", None)
+    if isinstance(loop, ServeLoop):
+        loop.count_handler_error()
     try:
         server.handle_error(request, client_address)
     except Exception:

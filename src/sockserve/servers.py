@@ -23,12 +23,15 @@ import os
 import socket
 import stat
 import threading
+from dataclasses import replace
 from typing import Any, cast
 
 from .addresses import dual_stack_address, family_for, format_address
 from .connection import unmap_ipv4_client
 from .errors import ConfigurationError, HandlerClassError
+from .limits import OVERLOAD_POLICIES
 from .listeners import bind_socket, listen_socket
+from .metrics import DrainReport, ServerStats
 from .serve_loop import ServeLoop, Server
 
 log = logging.getLogger("sockserve.servers")
@@ -60,8 +63,20 @@ class BaseServer:
     - ``handle_error(request, client_address)``, ``handle_timeout()``,
       ``service_actions()``, ``server_close()``
 
+    Beyond the stdlib:
+
+    - ``stats()``: a ``ServerStats`` snapshot (accepted, active, peak, rejected, errors).
+    - ``drain(timeout)``: stop accepting, let in-flight requests finish until the
+      deadline, then abort the rest (their sockets are shut down); returns a
+      ``DrainReport``. ``server_close()`` still only closes.
+    - ``handle_overload(request, client_address)``: called for a request refused at
+      capacity under ``overload_policy = "reject"``, before it is closed.
+
     Class attributes: ``timeout``, ``address_family``, ``socket_type``,
-    ``allow_reuse_address``, ``allow_reuse_port``.
+    ``allow_reuse_address``, ``allow_reuse_port``; and sockserve's ``max_connections``
+    (None: no limit) and ``overload_policy`` (``"wait"``: stop accepting at capacity, so
+    clients wait in the kernel backlog; ``"reject"``: accept and refuse), which may also
+    be given to the constructor as keywords.
 
     Error handling: an exception from the handler (or ``verify_request``) goes to
     ``handle_error`` and the request is closed; if ``handle_error`` raises too, that is
@@ -69,8 +84,17 @@ class BaseServer:
     """
 
     timeout: float | None = None
+    max_connections: int | None = None
+    overload_policy: str = "wait"
 
-    def __init__(self, server_address: Any, RequestHandlerClass: Any) -> None:
+    def __init__(
+        self,
+        server_address: Any,
+        RequestHandlerClass: Any,
+        *,
+        max_connections: int | None = None,
+        overload_policy: str | None = None,
+    ) -> None:
         if not callable(RequestHandlerClass):
             raise HandlerClassError(
                 "RequestHandlerClass must be a class (or a callable taking request, "
@@ -82,6 +106,58 @@ class BaseServer:
         self.__is_shut_down = threading.Event()
         self.__shutdown_request = False
         self._serve_loop = ServeLoop()
+        if max_connections is not None:
+            self.max_connections = max_connections
+        if overload_policy is not None:
+            self.overload_policy = overload_policy
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """Refuse nonsensical settings at construction; mixins extend this."""
+        limit = self.max_connections
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ConfigurationError(
+                f"max_connections must be a positive int or None, got {limit!r}"
+            )
+        if self.overload_policy not in OVERLOAD_POLICIES:
+            raise ConfigurationError(
+                f"overload_policy must be one of {', '.join(map(repr, OVERLOAD_POLICIES))},"
+                f" got {self.overload_policy!r}"
+            )
+
+    def _capacity(self) -> tuple[int | None, str]:
+        """How many requests may be in flight, and the name of the limit that says so."""
+        return self.max_connections, "max_connections"
+
+    def _reap_finished_work(self) -> None:
+        """Notice work that ended without telling anyone (forked children); mixins extend."""
+
+    def _dispatch_stats(self) -> tuple[int, int]:
+        """``(queue_depth, workers_alive)`` of the dispatch strategy; mixins override."""
+        return 0, 0
+
+    def stats(self) -> ServerStats:
+        """A snapshot of the server's counters (see ``ServerStats``)."""
+        queue_depth, workers_alive = self._dispatch_stats()
+        return replace(
+            self._serve_loop.stats(), queue_depth=queue_depth, workers_alive=workers_alive
+        )
+
+    def drain(self, timeout: float) -> DrainReport:
+        """Stop accepting; wait up to ``timeout`` s for in-flight requests; abort the rest.
+
+        Call it from a thread other than the one running ``serve_forever``. The
+        listening socket stays open until ``server_close()``.
+        """
+        if timeout < 0:
+            raise ConfigurationError(f"drain timeout must be >= 0, got {timeout!r}")
+        return self._serve_loop.drain(self._hooks(), timeout)
+
+    def handle_overload(self, request: Any, client_address: Any) -> None:
+        """Called for a request refused at capacity (``overload_policy = "reject"``).
+
+        Override it to send a protocol-specific "busy" reply; the request is closed after.
+        """
 
     def _hooks(self) -> Server:
         # BaseServer leaves fileno() and get_request() to its subclasses, as the stdlib
@@ -189,8 +265,16 @@ class TCPServer(BaseServer):
         bind_and_activate: bool = True,
         *,
         dual_stack: bool | None = None,
+        max_connections: int | None = None,
+        overload_policy: str | None = None,
     ) -> None:
-        BaseServer.__init__(self, server_address, RequestHandlerClass)
+        BaseServer.__init__(
+            self,
+            server_address,
+            RequestHandlerClass,
+            max_connections=max_connections,
+            overload_policy=overload_policy,
+        )
         if dual_stack is not None:
             self.dual_stack = dual_stack
         family = self._choose_family()

@@ -20,11 +20,18 @@ class ForkPerRequest:
 
     def __init__(self) -> None:
         self.children: set[int] = set()
+        self._on_exit: dict[int, Callable[[int], None]] = {}
 
-    def submit(self, child_work: Callable[[], int], in_parent: Callable[[], None]) -> int:
+    def submit(
+        self,
+        child_work: Callable[[], int],
+        in_parent: Callable[[], None],
+        on_exit: Callable[[int], None] | None = None,
+    ) -> int:
         """Fork; the child runs ``child_work`` then exits, the parent runs ``in_parent``.
 
         The child exits with the status ``child_work`` returns, or 1 if it raises.
+        ``on_exit(exit_code)`` runs in the parent when the child has been reaped.
         """
         pid = os.fork()
         if pid == 0:  # child: never return into the caller's loop
@@ -34,6 +41,8 @@ class ForkPerRequest:
             finally:
                 os._exit(status)
         self.children.add(pid)
+        if on_exit is not None:
+            self._on_exit[pid] = on_exit
         in_parent()
         return pid
 
@@ -57,8 +66,11 @@ class ForkPerRequest:
 
     def _reap_one(self, pid: int, *, blocking: bool) -> None:
         try:
-            done, _ = os.waitpid(pid, 0 if blocking else os.WNOHANG)
+            done, status = os.waitpid(pid, 0 if blocking else os.WNOHANG)
         except ChildProcessError:
-            done = pid  # reaped elsewhere: no longer ours to track
+            done, status = pid, 0  # reaped elsewhere: no longer ours to track
         if done:
             self.children.discard(pid)
+            on_exit = self._on_exit.pop(pid, None)
+            if on_exit is not None:
+                on_exit(os.waitstatus_to_exitcode(status))
