@@ -149,13 +149,13 @@ class ServeLoop:
             pause = self.backoff.seconds_left()
             if pause > 0:
                 return False, pause
-        if server.overload_policy == "wait":
-            capacity, what = server._capacity()
-            has_room = self.limiter.has_room(capacity)
-            self._is_waiting_for_room = not has_room
-            self.limiter.note_capacity(not has_room, capacity, what, "wait")
-            if not has_room:
-                return False, ROOM_POLL_SECONDS
+        capacity, what = server._capacity()
+        has_room = self.limiter.has_room(capacity)
+        policy = server.overload_policy
+        self.limiter.note_capacity(not has_room, capacity, what, policy)
+        self._is_waiting_for_room = policy == "wait" and not has_room
+        if self._is_waiting_for_room:
+            return False, ROOM_POLL_SECONDS
         return True, None
 
     def _on_release(self) -> None:
