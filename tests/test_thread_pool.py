@@ -290,9 +290,9 @@ def test_nonsensical_settings_fail_at_construction(kwargs: dict[str, Any], messa
 
 
 def test_negative_drain_timeout_is_refused() -> None:
-    with sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), sockserve.StreamRequestHandler) as s:
-        with pytest.raises(sockserve.ConfigurationError, match="drain timeout must be >= 0"):
-            s.drain(-1)
+    server = sockserve.ThreadPoolTCPServer(("127.0.0.1", 0), sockserve.StreamRequestHandler)
+    with server, pytest.raises(sockserve.ConfigurationError, match="drain timeout must be >= 0"):
+        server.drain(-1)
 
 
 def test_pool_serves_datagrams() -> None:
