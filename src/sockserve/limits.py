@@ -35,7 +35,15 @@ OVERLOAD_POLICIES = ("wait", "reject")
 class Ticket:
     """One request in flight. ``finish()`` is idempotent; ``abort()`` cuts it short."""
 
-    __slots__ = ("_limiter", "_finished", "request", "client_address", "started", "aborter")
+    __slots__ = (
+        "_limiter",
+        "_finished",
+        "request",
+        "client_address",
+        "started",
+        "aborter",
+        "exit_fd",
+    )
 
     def __init__(self, limiter: ConnectionLimiter | None, request: Any, client_address: Any):
         self._limiter = limiter
@@ -47,6 +55,8 @@ class Ticket:
         #: handler blocked in recv() or sendall() returns. A strategy may replace it (a
         #: forked child is signalled instead).
         self.aborter: Callable[[], None] = self._shutdown_socket
+        #: A descriptor the serve loop watches for this request's end (a forked child's).
+        self.exit_fd: int | None = None
 
     def finish(self) -> None:
         if self._finished or self._limiter is None:

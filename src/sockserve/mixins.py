@@ -229,10 +229,17 @@ if hasattr(os, "fork"):
                 ticket.finish()
                 raise
             ticket.aborter = partial(os.kill, pid, signal.SIGKILL)
+            exit_fd = self._forks.exit_descriptor(pid)
+            if exit_fd is not None:
+                # Reap the moment the child exits, not at the next poll interval.
+                ticket.exit_fd = exit_fd
+                server._serve_loop.watch(exit_fd, partial(self._forks.reap_child, pid))
 
         def _child_exited(self, ticket: Ticket, exit_code: int) -> None:
+            loop: ServeLoop = getattr(self, "_serve_loop")  # noqa: B009
+            if ticket.exit_fd is not None:
+                loop.unwatch(ticket.exit_fd)
             if exit_code > 0:  # a handler error; negative codes are signals (drain aborts)
-                loop: ServeLoop = getattr(self, "_serve_loop")  # noqa: B009
                 loop.count_handler_error()
             ticket.finish()
 

@@ -33,6 +33,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .addresses import format_address
@@ -101,10 +102,37 @@ class ServeLoop:
         self._is_waiting_for_room = False
         self._errors_lock = threading.Lock()
         self.handler_errors = 0
+        self._watches: dict[int, Callable[[], None]] = {}
+        self._watch_generation = 0
 
     @property
     def is_running(self) -> bool:
         return bool(self._loop_threads)
+
+    def watch(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on a loop thread whenever ``fd`` is readable (until unwatched).
+
+        Strategies use it for events that only a descriptor announces, such as a forked
+        child's exit. Call it from a loop thread; unwatch before closing ``fd``.
+        """
+        with self._lock:
+            self._watches[fd] = callback
+            self._watch_generation += 1
+
+    def unwatch(self, fd: int) -> None:
+        with self._lock:
+            if self._watches.pop(fd, None) is not None:
+                self._watch_generation += 1
+
+    def _sync_watches(self, selector: selectors.BaseSelector, watched: set[int]) -> None:
+        with self._lock:
+            wanted = set(self._watches)
+        for fd in watched - wanted:
+            selector.unregister(fd)
+        for fd in wanted - watched:
+            selector.register(fd, selectors.EVENT_READ, fd)
+        watched.clear()
+        watched.update(wanted)
 
     # -- serve_forever / shutdown --------------------------------------------------------
 
@@ -118,7 +146,12 @@ class ServeLoop:
                 assert wakeup is not None
                 selector.register(wakeup[0], selectors.EVENT_READ, "wakeup")
                 listener_registered = True
+                watched: set[int] = set()
+                synced_generation = -1
                 while not getattr(server, _STOP_FLAG):
+                    if synced_generation != self._watch_generation:
+                        synced_generation = self._watch_generation
+                        self._sync_watches(selector, watched)
                     wants_listener, pause = self._should_accept(server)
                     if wants_listener != listener_registered:
                         # Out of the selector while we cannot accept: the listener stays
@@ -137,8 +170,12 @@ class ServeLoop:
                     for key, _ in ready:
                         if key.data == "listener":
                             self._accept_batch(server)
-                        else:
+                        elif key.data == "wakeup":
                             _drain(wakeup[0])
+                        else:
+                            callback = self._watches.get(key.data)
+                            if callback is not None:
+                                callback()
                     server.service_actions()
         finally:
             self._leave(server)
