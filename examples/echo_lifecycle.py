@@ -27,6 +27,7 @@ import sockserve as socketserver
 
 server_log = logging.getLogger("server")
 handler_log = logging.getLogger("handler")
+client_log = logging.getLogger("client")
 
 #: Bytes asked of each recv(); the echo has no framing.
 CHUNK_BYTES = 4096
@@ -145,22 +146,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="port; 0 picks a free one")
     parser.add_argument("--message", default="Hello, sockserve", help="what the client sends")
     args = parser.parse_args(argv)
-    # Log and print to the same stream, so the output reads in the order things happened.
+    # Logs go to stdout too, so the output reads in the order things happened. The client
+    # reports through logging as well: its lock keeps a line whole when two threads write
+    # at once, and print() writes the text and the newline separately.
     logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s", stream=sys.stdout)
     message = args.message.encode()
 
     with LoggingEchoServer((args.host, args.port)) as server:  # server_close() at the end
-        print("-- 1. handle_request() serves one request on this thread", flush=True)
+        print("-- 1. handle_request() serves one request on this thread")
         client = send_message(server.server_address, message)
         server.handle_request()
-        print(f"client: sent {message!r}, received {read_reply(client)!r}", flush=True)
+        client_log.info("sent %r, received %r", message, read_reply(client))
 
-        print("-- 2. serve_forever() on a thread until shutdown()", flush=True)
+        print("-- 2. serve_forever() on a thread until shutdown()")  # before the thread starts
         loop = threading.Thread(target=server.serve_forever, name="serve_forever")
         loop.start()
         try:
             reply = read_reply(send_message(server.server_address, message))
-            print(f"client: sent {message!r}, received {reply!r}", flush=True)
+            client_log.info("sent %r, received %r", message, reply)
         finally:
             server.shutdown()  # returns once serve_forever() has returned
             loop.join()

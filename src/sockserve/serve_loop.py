@@ -200,13 +200,17 @@ class ServeLoop:
             self.wake()
 
     def wake(self) -> None:
-        """Make every loop look at its state now."""
-        with self._lock:
-            if self._wakeup is not None:
-                try:
-                    self._wakeup[1].send(b"\0")
-                except OSError:
-                    pass  # the pipe is full: the loop has wake-ups pending anyway
+        """Make every loop look at its state now.
+
+        Lock-free on purpose: it runs in signal handlers, which interrupt the loop's own
+        thread at any bytecode, possibly while that thread holds ``self._lock``.
+        """
+        pair = self._wakeup
+        if pair is not None:
+            try:
+                pair[1].send(b"\0")
+            except OSError:
+                pass  # the pair is full (wake-ups pending anyway) or was just closed
 
     def _enter(self, server: Server) -> bool:
         """Register the calling thread as a loop; False if a stop is already pending."""
@@ -245,11 +249,10 @@ class ServeLoop:
         that interrupted it, waiting would deadlock: then it only asks and returns.
         Called while no loop runs, it leaves the request pending for the next loop.
         """
-        with self._lock:
-            setattr(server, _STOP_FLAG, True)
-            must_wait = bool(self._loop_threads) and (
-                threading.get_ident() not in self._loop_threads
-            )
+        # No lock here (see wake()): a signal handler may call this on the loop's thread.
+        setattr(server, _STOP_FLAG, True)
+        loop_threads = self._loop_threads.copy()
+        must_wait = bool(loop_threads) and threading.get_ident() not in loop_threads
         self.wake()
         if must_wait:
             getattr(server, _STOPPED_EVENT).wait()
@@ -372,8 +375,7 @@ class ServeLoop:
         started = time.monotonic()
         deadline = started + timeout
         admitted_before = self.limiter.admitted - self.limiter.active
-        with self._lock:
-            setattr(server, _STOP_FLAG, True)  # ask, never wait: a loop may be mid-request
+        setattr(server, _STOP_FLAG, True)  # ask, never wait: a loop may be mid-request
         self.wake()
         idle = self._wait_idle(server, deadline)
         aborted = 0
