@@ -279,6 +279,7 @@ class TCPServer(BaseServer):
             self.dual_stack = dual_stack
         family = self._choose_family()
         self._unix_path_created: tuple[Any, int, int] | None = None
+        self._accepted_socket_triple: tuple[socket.socket, int, int, int] | None = None
         self.socket = _open_socket(family, self.socket_type, dual_stack=self.dual_stack)
         if family == getattr(socket, "AF_INET6", None):
             self._serve_loop.stages.append(unmap_ipv4_client)
@@ -332,7 +333,21 @@ class TCPServer(BaseServer):
 
     def get_request(self) -> tuple[Any, Any]:
         """Accept a connection: ``(socket, client_address)``."""
-        return self.socket.accept()
+        listener = self.socket
+        if type(listener) is not socket.socket:
+            return listener.accept()  # e.g. an SSLSocket, whose accept() also wraps
+        # socket.accept() spends half its time converting family and type to enums for
+        # the new socket object (8.2 µs against 4.7 µs measured here); the triple is
+        # fixed for a listener, so convert once.
+        triple = self._accepted_socket_triple
+        if triple is None or triple[0] is not listener:
+            triple = (listener, int(listener.family), int(listener.type), listener.proto)
+            self._accepted_socket_triple = triple
+        fd, address = listener._accept()  # type: ignore[attr-defined]
+        conn = socket.socket(triple[1], triple[2], triple[3], fileno=fd)
+        if socket.getdefaulttimeout() is None and listener.gettimeout():
+            conn.setblocking(True)  # as socket.accept() does for a listener with a timeout
+        return conn, address
 
     def shutdown_request(self, request: Any) -> None:
         """Send FIN (so the peer sees the end of data at once), then close."""
