@@ -80,7 +80,10 @@ def interpreter_version(python: str) -> str | None:
     try:
         out = subprocess.run(
             [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True, text=True, timeout=30, env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=_clean_env(),
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -112,7 +115,10 @@ def run_pytest(python: list[str], args: list[str]) -> tuple[int, str]:
     """Run pytest, streaming its output; return its exit code and closing line."""
     proc = subprocess.Popen(
         [*python, "-m", "pytest", *args],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env=_clean_env(),
     )
     assert proc.stdout is not None

@@ -51,25 +51,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SockserveError, OSError, ValueError, LookupError, ImportError) as exc:
         print(f"sockserve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    ready_line = (
+        f"sockserve {__version__}: serving {handler.__name__} on "
+        f"{format_address(server.server_address)} ({args.mode}); Ctrl-C stops"
+    )
     with server:
-        print(
-            f"sockserve {__version__}: serving {handler.__name__} on "
-            f"{format_address(server.server_address)} ({args.mode}); Ctrl-C stops",
-            flush=True,
-        )
-        _serve_until_signalled(server)
+        _serve_until_signalled(server, ready_line)
     print("sockserve: stopped", flush=True)
     return 0
 
 
-def _serve_until_signalled(server: TCPServer) -> None:
-    """Serve on this thread; SIGINT and SIGTERM ask the loop to stop (and are restored)."""
+def _serve_until_signalled(server: TCPServer, ready_line: str) -> None:
+    """Serve on this thread; SIGINT and SIGTERM ask the loop to stop (and are restored).
+
+    The ready line is printed only once the handlers are installed: a supervisor that
+    signals as soon as it reads that line must get a clean stop, not a traceback.
+    """
 
     def stop(signum: int, frame: FrameType | None) -> None:
         server.shutdown()  # called on the loop's own thread: it asks and returns
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        print(ready_line, flush=True)
         server.serve_forever()
     finally:
         for sig, handler in previous.items():

@@ -43,6 +43,17 @@ def _serve_and_close(server: Any, request: Any, client_address: Any) -> None:
     server.shutdown_request(request)
 
 
+def _replies_use_listener(server: Any) -> bool:
+    """Datagram handlers reply through the server's own socket.
+
+    Their threads must finish before that socket closes, or the replies still in flight
+    fail with EBADF; stream handlers own their connection, so the listener closes first
+    (no new clients queue up while the last requests finish).
+    """
+    listener = getattr(server, "socket", None)
+    return isinstance(listener, socket.socket) and listener.type == socket.SOCK_DGRAM
+
+
 class ThreadingMixIn:
     """Serve each request on a new thread.
 
@@ -89,6 +100,8 @@ class ThreadingMixIn:
         return 0, len(self._threads)
 
     def server_close(self) -> None:
+        if _replies_use_listener(self):
+            self._threads.join()
         super().server_close()  # type: ignore[misc]
         self._threads.join()
 
@@ -169,9 +182,12 @@ class ThreadPoolMixIn:
         return self._pool.queue_depth, self._pool.workers_alive
 
     def server_close(self) -> None:
+        wait = self.block_on_close and not self.daemon_threads
+        if _replies_use_listener(self) and "_thread_pool" in vars(self):
+            self._pool.close(wait=wait)
         super().server_close()  # type: ignore[misc]
         if "_thread_pool" in vars(self):
-            self._pool.close(wait=self.block_on_close and not self.daemon_threads)
+            self._pool.close(wait=wait)
 
 
 if hasattr(os, "fork"):

@@ -14,7 +14,12 @@ fork (about a millisecond) per connection.
 from __future__ import annotations
 
 import os
+import select
+import time
 from collections.abc import Callable
+
+#: Without pidfds, how often a parent held at ``max_children`` looks for an exited child.
+_EXIT_POLL_SECONDS = 0.01
 
 
 class ForkPerRequest:
@@ -70,10 +75,26 @@ class ForkPerRequest:
         if keep_below is not None:
             self._reap_finished(blocking=False)
             while len(self.children) >= keep_below:
-                # Wait for one of *our* children: waitpid(-1) would also steal the exit
-                # status of unrelated children (subprocess.Popen) of this process.
-                self._reap_one(next(iter(self.children)), blocking=True)
+                self._wait_for_any_exit()
+                self._reap_finished(blocking=False)
         self._reap_finished(blocking=blocking)
+
+    def _wait_for_any_exit(self) -> None:
+        """Block until at least one of *our* children may have exited.
+
+        Whichever child finishes first frees the slot, so waiting on one particular child
+        would stall the server behind its slowest client. ``waitpid(-1)`` is no answer
+        either: it would steal the exit status of unrelated children of this process
+        (``subprocess.Popen``). With a pidfd per child one ``poll`` waits for them all;
+        without, poll each child's status at a short interval.
+        """
+        if self._pidfds and len(self._pidfds) == len(self.children):
+            poller = select.poll()
+            for pidfd in self._pidfds.values():
+                poller.register(pidfd, select.POLLIN)
+            poller.poll()
+        else:
+            time.sleep(_EXIT_POLL_SECONDS)
 
     def _reap_finished(self, *, blocking: bool) -> None:
         for pid in list(self.children):

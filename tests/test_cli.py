@@ -1,0 +1,406 @@
+"""The ``sockserve`` command, run as a user runs it: a separate process.
+
+It prints one ready line naming the address it bound, serves until SIGTERM or SIGINT and
+then exits 0; a mistake the user can fix (a port in use, a host that does not resolve, a
+handler that cannot be found) is one line on stderr, ``sockserve: error: ...``, and exit
+status 2, never a traceback.
+
+Each test starts ``sys.executable -m sockserve`` in a temporary directory, reads its
+output with a deadline on reader threads (no polling), and kills it in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+import sockserve
+
+#: How long the command may take to start and print its ready line (a loaded CI machine
+#: can take seconds to start Python); it only bounds a failing test.
+START_TIMEOUT = 30.0
+#: How long it may take to exit after a signal, and the timeout of every client socket.
+STOP_TIMEOUT = 10.0
+#: Exit status for a mistake on the command line or in the environment.
+EXIT_USAGE = 2
+#: A host under the reserved ``.invalid`` TLD (RFC 6761): it never resolves.
+UNRESOLVABLE_HOST = "sockserve-test.invalid"
+#: The ready line: ``sockserve 0.1.0: serving EchoHandler on 127.0.0.1:9999 (threading); ...``
+READY_LINE = re.compile(
+    r"serving (?P<handler>\S+) on (?P<host>\[[^\]]+\]|[^\s:]+):(?P<port>\d+) \((?P<mode>\w+)\)"
+)
+#: Processes started at once to catch a signal sent the moment the ready line appears.
+SIGNAL_RACERS = 24
+
+MODES = ["threading", "sync"] + (["forking"] if hasattr(os, "fork") else [])
+
+HANDLER_MODULE = """
+import sockserve
+
+NOT_A_HANDLER = 42
+
+
+class Upper(sockserve.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line.upper())
+"""
+
+
+class Command:
+    """A running ``python -m sockserve``; its output is read line by line by threads."""
+
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        *,
+        signal_when_ready: int | None = None,
+    ) -> None:
+        self.args = args
+        self._signal_when_ready = signal_when_ready
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sockserve", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
+            env=env,
+        )
+        self._stdout: queue.Queue[str | None] = queue.Queue()
+        self._stderr: list[str] = []
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read_lines, args=(self.process.stdout,), daemon=True),
+            threading.Thread(target=self._collect, args=(self.process.stderr,), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_lines(self, stream: IO[str]) -> None:
+        for line in stream:
+            if self._signal_when_ready is not None:
+                # From the reader thread, the moment the first line arrives.
+                self.process.send_signal(self._signal_when_ready)
+                self._signal_when_ready = None
+            self._stdout.put(line)
+        self._stdout.put(None)
+
+    def _collect(self, stream: IO[str]) -> None:
+        self._stderr.extend(stream)
+
+    def read_line(self, timeout: float = START_TIMEOUT) -> str:
+        """The next stdout line; fails the test if none comes in time or stdout ends."""
+        try:
+            line = self._stdout.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"sockserve {' '.join(self.args)} printed nothing in {timeout} s")
+        if line is None:
+            self.process.wait(STOP_TIMEOUT)
+            pytest.fail(
+                f"sockserve {' '.join(self.args)} closed stdout (exit status "
+                f"{self.process.returncode}); stderr:\n{self.stderr()}"
+            )
+        return line
+
+    def read_ready_line(self) -> tuple[re.Match[str], tuple[str, int]]:
+        line = self.read_line()
+        match = READY_LINE.search(line)
+        assert match, f"not a ready line: {line!r}"
+        return match, (match["host"].strip("[]"), int(match["port"]))
+
+    def remaining_stdout(self) -> str:
+        """Everything printed after the lines already read (call once the process ended)."""
+        self._readers[0].join(STOP_TIMEOUT)
+        lines = []
+        while (line := self._stdout.get_nowait()) is not None:
+            lines.append(line)
+        return "".join(lines)
+
+    def stderr(self) -> str:
+        self._readers[1].join(STOP_TIMEOUT)
+        return "".join(self._stderr)
+
+    def stop(self, signum: int) -> int:
+        """Send ``signum``; the exit status."""
+        self.process.send_signal(signum)
+        return self.process.wait(STOP_TIMEOUT)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(STOP_TIMEOUT)
+        for reader in self._readers:
+            reader.join(STOP_TIMEOUT)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@contextmanager
+def running(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> Iterator[Command]:
+    command = Command(args, cwd, env)
+    try:
+        yield command
+    finally:
+        command.kill()
+
+
+def run_to_completion(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command that should fail at once (``subprocess.run`` kills it on timeout)."""
+    return subprocess.run(
+        [sys.executable, "-m", "sockserve", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=START_TIMEOUT,
+        check=False,
+    )
+
+
+def user_module_env(tmp_path: Path) -> dict[str, str]:
+    """Write the user's handler module where only ``PYTHONPATH`` can find it.
+
+    Not in the working directory: ``python -m`` puts that on ``sys.path`` by itself.
+    """
+    directory = tmp_path / "userlib"
+    directory.mkdir()
+    (directory / "ss_cli_upper.py").write_text(HANDLER_MODULE, encoding="utf-8")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(directory), env.get("PYTHONPATH")]))
+    return env
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *names: str) -> str:
+    """Exit status 2, stderr exactly one ``sockserve: error:`` line naming each of ``names``."""
+    assert result.returncode == EXIT_USAGE, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
+    line = lines[0]
+    assert line.startswith("sockserve: error:"), line
+    for name in names:
+        assert name in line, f"{name!r} not named in {line!r}"
+    assert "serving" not in result.stdout  # it never got as far as serving
+    return line
+
+
+def echo(address: tuple[str, int], payload: bytes) -> bytes:
+    """Send ``payload`` on one thread, read to end of stream on this one."""
+    with socket.create_connection(address, timeout=STOP_TIMEOUT) as client:
+        failures: list[BaseException] = []
+
+        def send() -> None:
+            try:
+                client.sendall(payload)
+                client.shutdown(socket.SHUT_WR)
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        chunks = []
+        while chunk := client.recv(65536):
+            chunks.append(chunk)
+        sender.join(STOP_TIMEOUT)
+        assert not failures, failures
+        return b"".join(chunks)
+
+
+# -- serving -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_demo_echo_prints_its_address_echoes_and_stops_on_sigterm(
+    tmp_path: Path, mode: str
+) -> None:
+    with running(["demo", "echo", "--port", "0", "--mode", mode], tmp_path) as command:
+        match, address = command.read_ready_line()
+        assert match["handler"] == "EchoHandler"
+        assert match["mode"] == mode
+        assert address[0] == "127.0.0.1"
+        assert address[1] != 0
+        payload = b"hello, echo\n" + bytes(range(256)) * 256
+        assert echo(address, payload) == payload
+        assert echo(address, b"second client") == b"second client"
+        assert command.stop(signal.SIGTERM) == 0
+        assert "sockserve: stopped" in command.remaining_stdout()
+        assert "Traceback" not in command.stderr()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_while_serving_exits_zero(tmp_path: Path, signum: int) -> None:
+    with running(["demo", "echo", "--port", "0"], tmp_path) as command:
+        _, address = command.read_ready_line()
+        assert echo(address, b"ping") == b"ping"  # the loop is running
+        assert command.stop(signum) == 0
+        assert "Traceback" not in command.stderr()
+        assert "KeyboardInterrupt" not in command.stderr()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_as_soon_as_the_ready_line_appears_exits_zero(tmp_path: Path, signum: int) -> None:
+    """A supervisor may stop the server the moment it says it is ready.
+
+    The window between the ready line and the signal handlers being in place (if there is
+    one) is narrow, so several processes are started at once and each is signalled by its
+    stdout reader the moment its ready line arrives.
+    """
+    commands = []
+    try:
+        for _ in range(SIGNAL_RACERS):
+            commands.append(
+                Command(["demo", "echo", "--port", "0"], tmp_path, signal_when_ready=signum)
+            )
+        for command in commands:
+            command.read_ready_line()
+        failures = []
+        for command in commands:
+            status = command.process.wait(STOP_TIMEOUT)
+            stderr = command.stderr()
+            if status != 0 or "Traceback" in stderr:
+                last = stderr.strip().splitlines()[-1:] or ["(nothing on stderr)"]
+                failures.append(f"exit status {status}, stderr ends: {last[0]}")
+        assert not failures, (
+            f"{len(failures)} of {SIGNAL_RACERS} processes signalled right after their ready "
+            "line did not stop cleanly:\n  " + "\n  ".join(failures)
+        )
+    finally:
+        for command in commands:
+            command.kill()
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (cannot bind ::1)")
+def test_demo_echo_on_ipv6_loopback(tmp_path: Path) -> None:
+    with running(["demo", "echo", "--host", "::1", "--port", "0"], tmp_path) as command:
+        match, address = command.read_ready_line()
+        assert match["host"].startswith("[")  # [::1]:port, so the port reads unambiguously
+        assert address[0] == "::1"
+        assert echo(address, b"over IPv6") == b"over IPv6"
+        assert command.stop(signal.SIGTERM) == 0
+
+
+def test_serve_a_handler_from_a_user_module(tmp_path: Path) -> None:
+    args = ["serve", "ss_cli_upper:Upper", "--port", "0", "--mode", "sync"]
+    with running(args, tmp_path, user_module_env(tmp_path)) as command:
+        match, address = command.read_ready_line()
+        assert match["handler"] == "Upper"
+        assert address[0] == "127.0.0.1"
+        assert echo(address, b"hello\nworld\n") == b"HELLO\nWORLD\n"
+        assert command.stop(signal.SIGTERM) == 0
+        assert "Traceback" not in command.stderr()
+
+
+def test_version(tmp_path: Path) -> None:
+    result = run_to_completion(["--version"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"sockserve {sockserve.__version__}"
+
+
+def test_version_of_the_installed_script(tmp_path: Path) -> None:
+    script = Path(sysconfig.get_path("scripts")) / "sockserve"
+    if not script.exists():
+        pytest.skip(f"the console script is not installed for this Python ({script})")
+    result = subprocess.run(
+        [str(script), "--version"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=START_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"sockserve {sockserve.__version__}"
+
+
+# -- mistakes: one line, exit status 2 ---------------------------------------------------
+
+
+@pytest.fixture
+def port_in_use() -> Iterator[int]:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+def test_port_in_use(tmp_path: Path, port_in_use: int) -> None:
+    result = run_to_completion(["demo", "echo", "--port", str(port_in_use)], tmp_path)
+    line = assert_one_line_error(result, f"127.0.0.1:{port_in_use}")
+    assert "in use" in line
+
+
+def test_host_that_does_not_resolve(tmp_path: Path) -> None:
+    result = run_to_completion(
+        ["demo", "echo", "--host", UNRESOLVABLE_HOST, "--port", "0"], tmp_path
+    )
+    line = assert_one_line_error(result, UNRESOLVABLE_HOST)
+    assert "resolve" in line
+
+
+def test_port_out_of_range(tmp_path: Path) -> None:
+    result = run_to_completion(["demo", "echo", "--port", "70000"], tmp_path)
+    line = assert_one_line_error(result, "127.0.0.1:70000")
+    assert "out of range" in line
+
+
+@pytest.mark.parametrize(
+    ("target", "named"),
+    [
+        ("sockserve_no_such_module:Handler", ["sockserve_no_such_module"]),
+        ("ss_cli_upper:NoSuchHandler", ["ss_cli_upper", "NoSuchHandler"]),
+        ("ss_cli_upper", ["ss_cli_upper", "MODULE:NAME"]),
+        (":Upper", [":Upper", "MODULE:NAME"]),
+        ("ss_cli_upper:", ["ss_cli_upper:", "MODULE:NAME"]),
+        ("ss_cli_upper:NOT_A_HANDLER", ["RequestHandlerClass", "42"]),
+    ],
+    ids=[
+        "missing-module",
+        "missing-attribute",
+        "no-colon",
+        "no-module",
+        "no-attribute",
+        "not-a-handler",
+    ],
+)
+def test_serve_target_that_cannot_work(tmp_path: Path, target: str, named: list[str]) -> None:
+    env = user_module_env(tmp_path)
+    result = run_to_completion(["serve", target, "--port", "0"], tmp_path, env)
+    assert_one_line_error(result, *named)
+
+
+def test_serve_errors_reach_stderr_not_stdout(tmp_path: Path) -> None:
+    result = run_to_completion(
+        ["serve", "sockserve_no_such_module:Handler", "--port", "0"], tmp_path
+    )
+    assert result.stdout == ""
+    assert result.stderr.startswith("sockserve: error:")
