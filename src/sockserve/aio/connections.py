@@ -1,0 +1,169 @@
+"""One request's life on the event loop: verify, wrap, run the handler, report, close.
+
+Each accepted connection (or received datagram) becomes one task running
+``serve_stream`` (or ``serve_datagram``). The task owns the connection: whatever happens
+in the handler, the connection is closed when the task ends.
+
+How a request can end, and what is logged (a table, so the policy reads in one place):
+
+* the handler returned: nothing;
+* the peer went away (``ConnectionError``) or stayed idle past ``timeout``
+  (``ReadTimeoutError``): one INFO line, no traceback; these are routine for a server
+  holding thousands of connections;
+* a line over ``max_line_length``: one ERROR line naming the limit, counted as a handler
+  error (the peer broke the protocol, and the operator may want to raise the limit);
+* any other exception: ``server.handle_error(request, client_address)`` (which logs the
+  traceback with the client address), counted;
+* cancelled (``shutdown()``, ``drain()`` at its deadline): the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+from ..addresses import format_address
+from .streams import LineTooLongError, ReadTimeoutError, StreamReader, StreamWriter
+
+log = logging.getLogger("sockserve.aio.connections")
+
+#: After the handler, how long buffered replies may take to reach a client before the
+#: connection is aborted: long enough for a slow client, short enough that a client that
+#: never reads cannot pin a connection (and its buffer) forever.
+CLOSE_FLUSH_SECONDS = 10.0
+
+#: Exceptions that end a connection for the peer's reasons: ``(type, level, what)``.
+PEER_ENDINGS: tuple[tuple[type[BaseException], int, str], ...] = (
+    (ReadTimeoutError, logging.INFO, "idle timeout"),
+    (ConnectionError, logging.INFO, "peer went away"),
+    (LineTooLongError, logging.ERROR, "line too long"),
+)
+
+
+async def serve_stream(
+    server: Any, sock: Any, client_address: Any, receive_view: memoryview
+) -> None:
+    """Serve one accepted stream socket to the end, then close it."""
+    loop = asyncio.get_running_loop()
+    try:
+        is_verified = await verify(server, sock, client_address)
+    except Exception:
+        report_error(server, sock, client_address)
+        sock.close()
+        return
+    except BaseException:
+        sock.close()
+        raise
+    if not is_verified:
+        server.shutdown_request(sock)
+        return
+    reader = StreamReader(loop, receive_view)
+    try:
+        transport, _ = await loop.connect_accepted_socket(lambda: reader, sock)
+    except OSError as exc:
+        log.info("connection from %s lost before serving: %s", format_address(client_address), exc)
+        sock.close()
+        return
+    except BaseException:
+        sock.close()
+        raise
+    writer = StreamWriter(transport, reader)
+    request = (reader, writer)
+    flush_seconds = 0.0  # unless the handler ends normally: cancelled, interrupted
+    try:
+        await server.finish_request(request, client_address)
+        flush_seconds = CLOSE_FLUSH_SECONDS
+    except Exception as exc:
+        flush_seconds = CLOSE_FLUSH_SECONDS
+        report_ending(server, exc, request, client_address)
+    finally:
+        await close_stream(writer, reader, flush_seconds)
+
+
+async def serve_datagram(server: Any, request: Any, client_address: Any) -> None:
+    """Serve one datagram ``(packet, sender)``; the socket is the server's, left open."""
+    try:
+        if await verify(server, request, client_address):
+            await server.finish_request(request, client_address)
+    except Exception as exc:
+        report_ending(server, exc, request, client_address)
+
+
+async def verify(server: Any, request: Any, client_address: Any) -> bool:
+    """``server.verify_request``, which may be a plain function or a coroutine."""
+    verdict = server.verify_request(request, client_address)
+    if inspect.isawaitable(verdict):
+        verdict = await verdict
+    return bool(verdict)
+
+
+async def close_stream(
+    writer: StreamWriter, reader: StreamReader, flush_seconds: float = CLOSE_FLUSH_SECONDS
+) -> None:
+    """Close after the buffered replies are sent; abort if that takes over ``flush_seconds``.
+
+    ``flush_seconds=0``: the request was cancelled or interrupted: close at once, and
+    abort if replies are still buffered. Cancelled while closing: abort. Either way the
+    socket is closed when this returns.
+    """
+    transport = writer.transport
+    closed = reader._closed_future()
+    try:
+        if not transport.is_closing():
+            if transport.can_write_eof():
+                # FIN first (after the buffered replies), as the synchronous servers'
+                # shutdown(SHUT_WR) does: the client reads a clean end of stream.
+                transport.write_eof()
+            if flush_seconds > 0 and not reader._eof:
+                # The server closes first: let the transport read what the client has
+                # already sent, since closing with unread bytes resets the connection (a
+                # Unix socket client then sees ECONNRESET, not the end of stream). Two
+                # turns: one to poll, one for the read callback the stdlib loop queues
+                # behind us.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+            transport.close()
+        if flush_seconds <= 0 and transport.get_write_buffer_size():
+            transport.abort()
+        if closed.done():
+            return
+        timer = asyncio.get_running_loop().call_later(flush_seconds, transport.abort)
+        try:
+            await closed
+        finally:
+            timer.cancel()
+    except asyncio.CancelledError:
+        transport.abort()
+        await closed  # abort() closes the socket on the next loop turn: see it done
+        raise
+
+
+def report_ending(server: Any, exc: Exception, request: Any, client_address: Any) -> None:
+    """Log how a request ended (see the table above); call inside the ``except`` block."""
+    for kind, level, what in PEER_ENDINGS:
+        if isinstance(exc, kind):
+            if level >= logging.ERROR:
+                server._count_handler_error()
+            log.log(
+                level,
+                "closed connection from %s: %s: %s",
+                format_address(client_address),
+                what,
+                exc,
+            )
+            return
+    report_error(server, request, client_address)
+
+
+def report_error(server: Any, request: Any, client_address: Any) -> None:
+    """Give the current exception to ``handle_error``; log it if that raises too."""
+    server._count_handler_error()
+    try:
+        server.handle_error(request, client_address)
+    except Exception:
+        log.exception(
+            "handle_error() itself raised while reporting an error for %s",
+            format_address(client_address),
+        )

@@ -1,0 +1,417 @@
+"""The async serve loop: one event loop, its listener, and one task per request.
+
+How it works
+    ``serve()`` watches the listening socket with ``loop.add_reader``. When it is
+    readable, up to ``ACCEPT_BATCH`` requests are taken with ``server.get_request()``,
+    passed through the admission stages (``connection.py``), checked against capacity,
+    and each becomes a task running ``connections.serve_stream`` (or ``serve_datagram``).
+    The listener is watched only while the server may accept: it is taken out at
+    capacity under ``overload_policy = "wait"`` (clients wait in the kernel's backlog),
+    during an accept back-off (``listeners.py`` names the errno policy), and when stopping.
+
+Stopping
+    ``shutdown()`` from another thread posts a wake-up with ``call_soon_threadsafe`` and
+    waits for ``serve()`` to return; from the loop's own thread (a handler) it only asks.
+    On its way out ``serve()`` stops accepting, cancels the requests still running (each
+    one's ``finish()`` runs and its connection is closed) and waits for them, at most
+    ``ABORT_GRACE_SECONDS``. ``drain()`` does the same after letting them finish until its
+    deadline.
+
+Threads
+    Everything here runs on the loop's thread except ``shutdown()`` and ``drain()``, which
+    only post work to the loop, and the watchdog (``watchdog.py``), which only reads.
+    The stdlib's ``_BaseServer__shutdown_request`` flag and ``_BaseServer__is_shut_down``
+    event keep their meaning, as in the synchronous loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import socket
+import threading
+import time
+from functools import partial
+from typing import Any
+
+from ..addresses import format_address
+from ..connection import Rejected, run_stages
+from ..limits import ConnectionLimiter, Ticket
+from ..listeners import TRANSIENT_ACCEPT_ERRNOS, AcceptBackoff
+from ..metrics import DrainReport, ServerStats
+from .connections import serve_datagram, serve_stream
+from .datagrams import DatagramSender
+from .streams import receive_buffer
+from .watchdog import LoopWatchdog
+
+log = logging.getLogger("sockserve.aio.serve_loop")
+
+#: Requests taken per wake-up before the loop serves the others: enough to drain a burst
+#: of connects in few wake-ups, few enough that a flood cannot starve running handlers.
+ACCEPT_BATCH = 64
+
+#: After cancelling the requests still running, how long they get to unwind.
+ABORT_GRACE_SECONDS = 2.0
+
+_STOP_FLAG = "_BaseServer__shutdown_request"
+_STOPPED_EVENT = "_BaseServer__is_shut_down"
+
+
+class AsyncServeLoop:
+    """Runtime state of one async server: its loop, listener, requests and counters."""
+
+    def __init__(self) -> None:
+        self.limiter = ConnectionLimiter()
+        self.limiter.on_release = self._update_listener
+        self.backoff = AcceptBackoff()
+        self.accepted = 0
+        self.handler_errors = 0
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._server: Any = None
+        self._wake_up: asyncio.Future[None] | None = None
+        self._requests: dict[asyncio.Task[None], Ticket] = {}
+        self._listener_fd = -1
+        self._is_stream = True
+        self._is_listening = False
+        self._is_stopping = True
+        self._is_draining = False
+        self._back_off_timer: asyncio.TimerHandle | None = None
+        self._receive_view = memoryview(b"")
+        self._sender: DatagramSender | None = None
+
+    # -- serve / shutdown ----------------------------------------------------------------
+
+    async def serve(self, server: Any, poll_interval: float | None) -> None:
+        """Serve until shutdown(); ``service_actions()`` every ``poll_interval`` s."""
+        loop = asyncio.get_running_loop()
+        if not self._enter(server, loop):
+            return
+        watchdog = None
+        try:
+            self._prepare(server, loop)
+            self._is_stopping = False
+            self._update_listener()
+            if server.slow_callback_duration:
+                watchdog = LoopWatchdog(loop, server.slow_callback_duration, self._describe)
+                watchdog.start()
+            assert self._wake_up is not None
+            while not getattr(server, _STOP_FLAG):
+                await asyncio.wait((self._wake_up,), timeout=poll_interval)
+                if getattr(server, _STOP_FLAG):
+                    break
+                server.service_actions()
+        finally:
+            try:
+                await self._stop_serving()
+            finally:
+                if watchdog is not None:
+                    watchdog.stop()
+                self._leave(server)
+
+    def shutdown(self, server: Any) -> None:
+        """Stop ``serve()``; wait for it unless called on the loop's own thread."""
+        with self._lock:
+            setattr(server, _STOP_FLAG, True)
+            loop, loop_thread = self._loop, self._loop_thread
+        if loop is None:
+            return  # not serving: the next serve() returns at once, as in the stdlib
+        if loop_thread == threading.get_ident():
+            self._wake()
+            return
+        try:
+            loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:
+            pass  # the loop has closed: serve() is on its way out anyway
+        getattr(server, _STOPPED_EVENT).wait()
+
+    def _enter(self, server: Any, loop: asyncio.AbstractEventLoop) -> bool:
+        with self._lock:
+            if self._loop is not None:
+                raise RuntimeError(
+                    "this async server is already serving; it runs one event loop "
+                    "(for more cores, run one server per process)"
+                )
+            if getattr(server, _STOP_FLAG):
+                # shutdown() came before serve(): honour it, as the stdlib does.
+                setattr(server, _STOP_FLAG, False)
+                getattr(server, _STOPPED_EVENT).set()
+                return False
+            self._loop = loop
+            self._loop_thread = threading.get_ident()
+            self._wake_up = loop.create_future()
+            getattr(server, _STOPPED_EVENT).clear()
+        return True
+
+    def _leave(self, server: Any) -> None:
+        with self._lock:
+            self._loop = None
+            self._loop_thread = None
+            self._server = None
+            setattr(server, _STOP_FLAG, False)
+            getattr(server, _STOPPED_EVENT).set()
+
+    def _wake(self) -> None:
+        if self._wake_up is not None and not self._wake_up.done():
+            self._wake_up.set_result(None)
+
+    def _prepare(self, server: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._server = server
+        sock: socket.socket = server.socket
+        self._listener_fd = sock.fileno()
+        self._is_stream = sock.type == socket.SOCK_STREAM
+        if self._is_stream:
+            # The flag only: accept() then raises BlockingIOError instead of hanging, and
+            # socket.gettimeout() keeps the user's value (the synchronous loop does this too).
+            os.set_blocking(self._listener_fd, False)
+            self._receive_view = receive_buffer()
+        else:
+            self._sender = DatagramSender(loop, sock)
+
+    async def _stop_serving(self) -> None:
+        self._is_stopping = True
+        self._is_draining = False
+        self._update_listener()
+        if self._back_off_timer is not None:
+            self._back_off_timer.cancel()
+            self._back_off_timer = None
+        running = [task for task in self._requests if task is not asyncio.current_task()]
+        for task in running:
+            task.cancel()
+        if running:
+            _, pending = await asyncio.wait(running, timeout=ABORT_GRACE_SECONDS)
+            if pending:
+                log.warning(
+                    "%d request(s) ignored cancellation for %.1f s; leaving them to the loop",
+                    len(pending),
+                    ABORT_GRACE_SECONDS,
+                )
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
+
+    # -- accepting -------------------------------------------------------------------------
+
+    def _update_listener(self) -> None:
+        """Watch the listener exactly while the server may take requests."""
+        loop = self._loop
+        if loop is None or self._listener_fd < 0:
+            return
+        is_wanted = self._may_accept()
+        if is_wanted != self._is_listening:
+            self._is_listening = is_wanted
+            if is_wanted:
+                loop.add_reader(self._listener_fd, self._on_readable)
+            else:
+                loop.remove_reader(self._listener_fd)
+
+    def _may_accept(self) -> bool:
+        server = self._server
+        if self._is_stopping or self._is_draining or server is None:
+            return False
+        if getattr(server, _STOP_FLAG):
+            return False
+        if self._back_off_timer is not None:
+            return False
+        capacity, what = server._capacity()
+        has_room = self.limiter.has_room(capacity)
+        policy = server.overload_policy
+        self.limiter.note_capacity(not has_room, capacity, what, policy)
+        return has_room or policy != "wait"
+
+    def _on_readable(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            if self._accept_one() is None or not self._may_accept():
+                break
+        self._update_listener()
+
+    def _accept_one(self) -> asyncio.Task[None] | bool | None:
+        """Take one request: its task, False if it was refused, None if none came."""
+        server = self._server
+        try:
+            request, client_address = server.get_request()
+        except OSError as exc:
+            if exc.errno in TRANSIENT_ACCEPT_ERRNOS and not isinstance(exc, BlockingIOError):
+                return False  # that one connection failed; the next may be fine
+            if not isinstance(exc, BlockingIOError):
+                self._back_off(exc)
+            return None
+        self.backoff.record_success(server.server_address)
+        self.accepted += 1
+        if not self._is_stream:
+            request = (request[0], self._sender)
+        return self._admit(request, client_address)
+
+    def _admit(self, request: Any, client_address: Any) -> asyncio.Task[None] | bool:
+        server = self._server
+        try:
+            request, client_address = run_stages(
+                server._admission_stages(), request, client_address
+            )
+        except Rejected as why:
+            self.limiter.reject(why.reason)
+            log.info("refused %s: %s", format_address(client_address), why)
+            server.shutdown_request(request)
+            return False
+        capacity, what = server._capacity()
+        if server.overload_policy == "reject" and not self.limiter.has_room(capacity):
+            self._refuse_overload(request, client_address, what)
+            return False
+        ticket = self.limiter.admit(request, client_address)
+        if self._is_stream:
+            work = serve_stream(server, request, client_address, self._receive_view)
+        else:
+            work = serve_datagram(server, request, client_address)
+        assert self._loop is not None
+        task = self._loop.create_task(work)
+        ticket.aborter = partial(_cancel, task)
+        self._requests[task] = ticket
+        task.add_done_callback(self._request_done)
+        return task
+
+    def _request_done(self, task: asyncio.Task[None]) -> None:
+        ticket = self._requests.pop(task, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: SystemExit and the like already left the loop
+        if ticket is not None:
+            ticket.finish()  # the limiter calls _update_listener: room for the next one
+
+    def _refuse_overload(self, request: Any, client_address: Any, what: str) -> None:
+        server = self._server
+        self.limiter.reject(what)
+        self.limiter.note_capacity(True, server._capacity()[0], what, "reject")
+        try:
+            server.handle_overload(request, client_address)
+        except Exception:
+            log.exception("handle_overload() raised for %s", format_address(client_address))
+        finally:
+            server.shutdown_request(request)
+
+    def _back_off(self, exc: OSError) -> None:
+        assert self._loop is not None
+        self.backoff.record_failure(exc, self._server.server_address)
+        self._back_off_timer = self._loop.call_later(self.backoff.delay, self._end_back_off)
+        self._update_listener()
+
+    def _end_back_off(self) -> None:
+        self._back_off_timer = None
+        self._update_listener()
+
+    def _describe(self, task: asyncio.Task[Any]) -> str | None:
+        """For the watchdog (another thread): which handler and client a task serves."""
+        ticket = self._requests.get(task)
+        server = self._server
+        if ticket is None or server is None:
+            return None
+        handler = server.RequestHandlerClass
+        name = getattr(handler, "__qualname__", repr(handler))
+        return f"handler {name} for {format_address(ticket.client_address)}"
+
+    # -- handle_request ----------------------------------------------------------------
+
+    async def handle_one(self, server: Any, timeout: float | None) -> Any:
+        """Wait up to ``timeout`` for one request and serve it; else ``handle_timeout()``."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._loop is not None:
+                raise RuntimeError("handle_request() while the server is serving")
+            self._loop, self._loop_thread = loop, threading.get_ident()
+        try:
+            self._prepare(server, loop)
+            readable = loop.create_future()
+            loop.add_reader(self._listener_fd, _set_done, readable)
+            try:
+                await asyncio.wait_for(readable, timeout)
+            except TimeoutError:
+                return server.handle_timeout()
+            finally:
+                loop.remove_reader(self._listener_fd)
+            task = self._accept_one()
+            if isinstance(task, asyncio.Task):
+                await asyncio.wait((task,))
+            return None
+        finally:
+            if self._sender is not None:
+                self._sender.close()
+                self._sender = None
+            with self._lock:
+                self._loop = self._loop_thread = self._server = None
+
+    # -- drain and stats ---------------------------------------------------------------
+
+    def drain(self, server: Any, timeout: float) -> DrainReport:
+        """From another thread: ``drain_async`` on the loop, then wait for serve() to end."""
+        started = time.monotonic()
+        with self._lock:
+            loop, loop_thread = self._loop, self._loop_thread
+            if loop is None:
+                setattr(server, _STOP_FLAG, True)
+                return DrainReport(finished=0, aborted=0, seconds=time.monotonic() - started)
+        if loop_thread == threading.get_ident():
+            raise RuntimeError(
+                "drain() on the event loop's own thread would wait for itself; "
+                "use await server.drain_async(timeout)"
+            )
+        try:
+            future = asyncio.run_coroutine_threadsafe(self.drain_async(server, timeout), loop)
+        except RuntimeError:  # the loop closed meanwhile: nothing left to drain
+            return DrainReport(finished=0, aborted=0, seconds=time.monotonic() - started)
+        stopped: threading.Event = getattr(server, _STOPPED_EVENT)
+        while True:
+            try:
+                report = future.result(timeout=0.05)
+                break
+            except concurrent.futures.TimeoutError:
+                if stopped.is_set() and not future.done():
+                    future.cancel()  # serve() ended before the drain could run
+                    return DrainReport(0, 0, seconds=time.monotonic() - started)
+        stopped.wait(ABORT_GRACE_SECONDS)
+        return report
+
+    async def drain_async(self, server: Any, timeout: float) -> DrainReport:
+        """Stop accepting; let requests finish until ``timeout``; cancel the rest; stop."""
+        started = time.monotonic()
+        self._is_draining = True  # stop accepting, but let serve() run until we are done
+        self._update_listener()
+        running = [task for task in self._requests if task is not asyncio.current_task()]
+        pending: set[asyncio.Task[None]] = set()
+        if running:
+            _, pending = await asyncio.wait(running, timeout=timeout)
+        if pending:
+            log.warning(
+                "drain: %d request(s) still running after %.1f s; cancelling them",
+                len(pending),
+                timeout,
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=ABORT_GRACE_SECONDS)
+        setattr(server, _STOP_FLAG, True)
+        self._wake()
+        return DrainReport(
+            finished=len(running) - len(pending),
+            aborted=len(pending),
+            seconds=time.monotonic() - started,
+        )
+
+    def stats(self) -> ServerStats:
+        return ServerStats(
+            accepted=self.accepted,
+            active=self.limiter.active,
+            peak_active=self.limiter.peak,
+            rejected=dict(self.limiter.rejected),
+            handler_errors=self.handler_errors,
+            accept_errors=self.backoff.total_errors,
+        )
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
