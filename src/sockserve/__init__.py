@@ -3,13 +3,16 @@
 ``import sockserve as socketserver`` runs existing socketserver code unchanged. The data
 path is: listening socket (``listeners``) → admission stages (``connection``) → dispatch
 strategy (``dispatch``) → handler (``handlers``), wired by ``serve_loop``; the classes
-below are the stdlib-compatible facade (``servers``, ``mixins``).
+below are the stdlib-compatible facade (``servers``, ``mixins``). ``prefork`` supervises
+whole serve loops in worker processes; ``aio`` is the async mode, imported on first use
+of one of its names so that the synchronous core never pays for asyncio.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from typing import TYPE_CHECKING
 
 from .errors import (
     AddressError,
@@ -27,6 +30,20 @@ from .metrics import DrainReport, ServerStats
 from .mixins import ThreadingMixIn, ThreadPoolMixIn
 from .servers import BaseServer, TCPServer, UDPServer
 
+if TYPE_CHECKING:  # the async names, for type checkers; at run time see __getattr__
+    from .aio import (
+        AsyncBaseRequestHandler,
+        AsyncDatagramRequestHandler,
+        AsyncServerMixIn,
+        AsyncStreamRequestHandler,
+        AsyncTCPServer,
+        AsyncUDPServer,
+        AsyncUnixDatagramServer,
+        AsyncUnixStreamServer,
+        LineTooLongError,
+        ReadTimeoutError,
+    )
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -43,6 +60,14 @@ __all__ = [
     "ThreadPoolMixIn",
     "ThreadPoolTCPServer",
     "ThreadPoolUDPServer",
+    "AsyncServerMixIn",
+    "AsyncTCPServer",
+    "AsyncUDPServer",
+    "AsyncBaseRequestHandler",
+    "AsyncStreamRequestHandler",
+    "AsyncDatagramRequestHandler",
+    "LineTooLongError",
+    "ReadTimeoutError",
     "ServerStats",
     "DrainReport",
     "SockserveError",
@@ -73,8 +98,47 @@ class ThreadPoolTCPServer(ThreadPoolMixIn, TCPServer):
     """TCP, connections handled by a bounded pool of worker threads."""
 
 
+#: Names served by the ``aio`` subpackage, imported when first asked for.
+_ASYNC_NAMES = frozenset(
+    {
+        "AsyncServerMixIn",
+        "AsyncTCPServer",
+        "AsyncUDPServer",
+        "AsyncUnixStreamServer",
+        "AsyncUnixDatagramServer",
+        "AsyncBaseRequestHandler",
+        "AsyncStreamRequestHandler",
+        "AsyncDatagramRequestHandler",
+        "LineTooLongError",
+        "ReadTimeoutError",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    # asyncio costs ~10 ms and several MiB to import; code that never names an async
+    # class (every socketserver program) should not pay for it.
+    if name in _ASYNC_NAMES:
+        from . import aio
+
+        value: object = getattr(aio, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _ASYNC_NAMES)
+
+
 if hasattr(os, "fork"):
     from .mixins import ForkingMixIn
+    from .prefork import (
+        PreforkMixIn,
+        PreforkTCPServer,
+        PreforkUDPServer,
+        WorkerBootError,
+    )
 
     class ForkingUDPServer(ForkingMixIn, UDPServer):
         """UDP, each datagram handled in a forked child."""
@@ -82,7 +146,15 @@ if hasattr(os, "fork"):
     class ForkingTCPServer(ForkingMixIn, TCPServer):
         """TCP, each connection handled in a forked child."""
 
-    __all__ += ["ForkingUDPServer", "ForkingTCPServer", "ForkingMixIn"]
+    __all__ += [
+        "ForkingUDPServer",
+        "ForkingTCPServer",
+        "ForkingMixIn",
+        "PreforkMixIn",
+        "PreforkTCPServer",
+        "PreforkUDPServer",
+        "WorkerBootError",
+    ]
 
 if hasattr(socket, "AF_UNIX"):
     from .servers import UnixDatagramServer, UnixStreamServer
@@ -93,14 +165,25 @@ if hasattr(socket, "AF_UNIX"):
     class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer):
         """Unix datagram socket, each datagram handled on its own thread."""
 
+    class ThreadPoolUnixStreamServer(ThreadPoolMixIn, UnixStreamServer):
+        """Unix stream socket, connections handled by a bounded pool of worker threads."""
+
+    class ThreadPoolUnixDatagramServer(ThreadPoolMixIn, UnixDatagramServer):
+        """Unix datagram socket, datagrams handled by a bounded pool of worker threads."""
+
     __all__ += [
         "UnixStreamServer",
         "UnixDatagramServer",
         "ThreadingUnixStreamServer",
         "ThreadingUnixDatagramServer",
+        "ThreadPoolUnixStreamServer",
+        "ThreadPoolUnixDatagramServer",
+        "AsyncUnixStreamServer",
+        "AsyncUnixDatagramServer",
     ]
 
     if hasattr(os, "fork"):
+        from .prefork import PreforkUnixStreamServer
 
         class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer):
             """Unix stream socket, each connection handled in a forked child."""
@@ -108,4 +191,8 @@ if hasattr(socket, "AF_UNIX"):
         class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer):
             """Unix datagram socket, each datagram handled in a forked child."""
 
-        __all__ += ["ForkingUnixStreamServer", "ForkingUnixDatagramServer"]
+        __all__ += [
+            "ForkingUnixStreamServer",
+            "ForkingUnixDatagramServer",
+            "PreforkUnixStreamServer",
+        ]
