@@ -45,7 +45,9 @@ READY_LINE = re.compile(
 #: Processes started at once to catch a signal sent the moment the ready line appears.
 SIGNAL_RACERS = 24
 
-MODES = ["threading", "sync"] + (["forking"] if hasattr(os, "fork") else [])
+MODES = ["threading", "pool", "sync", "async"] + (
+    ["forking", "prefork"] if hasattr(os, "fork") else []
+)
 
 HANDLER_MODULE = """
 import sockserve
@@ -57,6 +59,13 @@ class Upper(sockserve.StreamRequestHandler):
     def handle(self):
         for line in self.rfile:
             self.wfile.write(line.upper())
+
+
+class AsyncUpper(sockserve.AsyncStreamRequestHandler):
+    async def handle(self):
+        async for line in self.reader:
+            self.writer.write(line.upper())
+            await self.writer.drain()
 """
 
 
@@ -234,9 +243,10 @@ def echo(address: tuple[str, int], payload: bytes) -> bytes:
 def test_demo_echo_prints_its_address_echoes_and_stops_on_sigterm(
     tmp_path: Path, mode: str
 ) -> None:
-    with running(["demo", "echo", "--port", "0", "--mode", mode], tmp_path) as command:
+    args = ["demo", "echo", "--port", "0", "--mode", mode, "--workers", "2", "--threads", "4"]
+    with running(args, tmp_path) as command:
         match, address = command.read_ready_line()
-        assert match["handler"] == "EchoHandler"
+        assert match["handler"] == ("AsyncEchoHandler" if mode == "async" else "EchoHandler")
         assert match["mode"] == mode
         assert address[0] == "127.0.0.1"
         assert address[1] != 0
@@ -320,6 +330,16 @@ def test_serve_a_handler_from_a_user_module(tmp_path: Path) -> None:
         assert "Traceback" not in command.stderr()
 
 
+def test_an_async_handler_is_served_in_async_mode_by_default(tmp_path: Path) -> None:
+    args = ["serve", "ss_cli_upper:AsyncUpper", "--port", "0"]
+    with running(args, tmp_path, user_module_env(tmp_path)) as command:
+        match, address = command.read_ready_line()
+        assert (match["handler"], match["mode"]) == ("AsyncUpper", "async")
+        assert echo(address, b"hello\nworld\n") == b"HELLO\nWORLD\n"
+        assert command.stop(signal.SIGTERM) == 0
+        assert "Traceback" not in command.stderr()
+
+
 def test_version(tmp_path: Path) -> None:
     result = run_to_completion(["--version"], tmp_path)
     assert result.returncode == 0, result.stderr
@@ -396,6 +416,30 @@ def test_serve_target_that_cannot_work(tmp_path: Path, target: str, named: list[
     env = user_module_env(tmp_path)
     result = run_to_completion(["serve", target, "--port", "0"], tmp_path, env)
     assert_one_line_error(result, *named)
+
+
+@pytest.mark.parametrize(
+    ("target", "mode", "named"),
+    [
+        ("ss_cli_upper:AsyncUpper", "threading", ["AsyncUpper", "--mode async"]),
+        ("ss_cli_upper:Upper", "async", ["Upper", "--mode async"]),
+    ],
+    ids=["async-handler-in-threading-mode", "sync-handler-in-async-mode"],
+)
+def test_handler_that_does_not_fit_the_mode(
+    tmp_path: Path, target: str, mode: str, named: list[str]
+) -> None:
+    env = user_module_env(tmp_path)
+    result = run_to_completion(["serve", target, "--port", "0", "--mode", mode], tmp_path, env)
+    assert_one_line_error(result, *named)
+
+
+@pytest.mark.parametrize("option", ["--workers", "--threads"])
+def test_a_count_below_one_is_refused(tmp_path: Path, option: str) -> None:
+    result = run_to_completion(["demo", "echo", "--port", "0", option, "0"], tmp_path)
+    assert result.returncode == EXIT_USAGE
+    assert option in result.stderr
+    assert "at least 1" in result.stderr
 
 
 def test_serve_errors_reach_stderr_not_stdout(tmp_path: Path) -> None:

@@ -3,6 +3,12 @@
 ``sockserve demo echo [--host H] [--port P] [--mode M]`` serves the demo echo handler.
 ``sockserve serve MODULE:HANDLER [--host H] [--port P] [--mode M]`` serves your handler.
 
+Modes: ``threading`` (a thread per connection), ``pool`` (``--threads`` long-lived
+threads), ``prefork`` (``--workers`` processes, each with a pool of ``--threads``),
+``forking`` (a process per connection), ``sync`` (one at a time) and ``async`` (one event
+loop; the handler's ``handle`` is ``async def``). Without ``--mode``, an async handler
+runs in ``async`` mode and any other in ``threading`` mode.
+
 Errors a user can fix (a port in use, a bad address, a handler that cannot be found)
 print one line to stderr and exit with status 2; no traceback.
 """
@@ -11,17 +17,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from . import TCPServer, ThreadingTCPServer, __version__
+from . import TCPServer, ThreadingTCPServer, ThreadPoolMixIn, ThreadPoolTCPServer, __version__
 from .addresses import format_address
-from .demo import DEMOS
-from .errors import SockserveError
+from .demo import ASYNC_DEMOS, DEMOS
+from .errors import ConfigurationError, SockserveError
 
 #: Exit status when the command line or the environment is wrong (argparse uses 2 too).
 EXIT_USAGE = 2
@@ -29,13 +37,53 @@ EXIT_USAGE = 2
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9999
 
-MODES: dict[str, type[TCPServer]] = {"threading": ThreadingTCPServer, "sync": TCPServer}
-try:
+ServerFactory = Callable[[tuple[str, int], Any, argparse.Namespace], Any]
+
+
+def _threading(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
+    return ThreadingTCPServer(address, handler)
+
+
+def _pool(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
+    return ThreadPoolTCPServer(address, handler, max_workers=args.threads)
+
+
+def _sync(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
+    return TCPServer(address, handler)
+
+
+def _forking(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
     from . import ForkingTCPServer
 
-    MODES["forking"] = ForkingTCPServer
-except ImportError:  # no fork() on this platform
-    pass
+    return ForkingTCPServer(address, handler)
+
+
+def _prefork(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
+    from .prefork import PreforkMixIn
+
+    class PreforkThreadPoolTCPServer(PreforkMixIn, ThreadPoolMixIn, TCPServer):
+        """N worker processes, each serving with a bounded pool of threads."""
+
+    return PreforkThreadPoolTCPServer(
+        address, handler, workers=args.workers, max_workers=args.threads
+    )
+
+
+def _async(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
+    from .aio import AsyncTCPServer
+
+    return AsyncTCPServer(address, handler)
+
+
+MODES: dict[str, ServerFactory] = {
+    "threading": _threading,
+    "pool": _pool,
+    "sync": _sync,
+    "async": _async,
+}
+if hasattr(os, "fork"):
+    MODES["forking"] = _forking
+    MODES["prefork"] = _prefork
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,15 +93,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        handler = DEMOS[args.name] if args.command == "demo" else _load_handler(args.target)
-        server_class = MODES[args.mode]
-        server = server_class((args.host, args.port), handler)
+        if args.command == "demo":
+            handler = ASYNC_DEMOS[args.name]() if args.mode == "async" else DEMOS[args.name]
+        else:
+            handler = _load_handler(args.target)
+        mode = args.mode or ("async" if _is_async_handler(handler) else "threading")
+        _check_handler_fits_mode(handler, mode)
+        server = MODES[mode]((args.host, args.port), handler, args)
     except (SockserveError, OSError, ValueError, LookupError, ImportError) as exc:
         print(f"sockserve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     ready_line = (
         f"sockserve {__version__}: serving {handler.__name__} on "
-        f"{format_address(server.server_address)} ({args.mode}); Ctrl-C stops"
+        f"{format_address(server.server_address)} ({mode}); Ctrl-C stops"
     )
     with server:
         _serve_until_signalled(server, ready_line)
@@ -78,6 +130,22 @@ def _serve_until_signalled(server: TCPServer, ready_line: str) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _is_async_handler(handler: Any) -> bool:
+    return inspect.iscoroutinefunction(getattr(handler, "handle", None))
+
+
+def _check_handler_fits_mode(handler: Any, mode: str) -> None:
+    if _is_async_handler(handler) and mode != "async":
+        raise ConfigurationError(
+            f"{handler.__name__}.handle is async def: serve it with --mode async"
+        )
+    if mode == "async" and not _is_async_handler(handler):
+        raise ConfigurationError(
+            f"--mode async needs a handler whose handle is async def; "
+            f"{handler.__name__}.handle is not"
+        )
 
 
 def _load_handler(target: str) -> Any:
@@ -107,8 +175,27 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--mode",
             choices=sorted(MODES),
-            default="threading",
-            help="concurrency: one thread per connection, one process, or none",
+            default=None,
+            help="concurrency (default: async for an async handler, else threading)",
+        )
+        sub.add_argument(
+            "--workers",
+            type=_positive_int,
+            default=None,
+            help="processes in prefork mode (default: the usable CPUs)",
+        )
+        sub.add_argument(
+            "--threads",
+            type=_positive_int,
+            default=None,
+            help="threads per process in pool and prefork modes (default: 64)",
         )
         sub.add_argument("-v", "--verbose", action="store_true", help="log each connection")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value

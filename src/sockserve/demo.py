@@ -24,4 +24,22 @@ class EchoHandler(StreamRequestHandler):
             self.request.sendall(data)
 
 
+def async_echo_handler() -> type:
+    """The async twin of ``EchoHandler``; built on first use, so asyncio loads only then."""
+    from .aio import AsyncStreamRequestHandler
+
+    class AsyncEchoHandler(AsyncStreamRequestHandler):
+        """Echo every byte back until the client closes its side."""
+
+        async def handle(self) -> None:
+            log.info("connection from %s", self.client_address)
+            while data := await self.reader.read(ECHO_CHUNK_BYTES):
+                self.writer.write(data)
+                await self.writer.drain()
+
+    return AsyncEchoHandler
+
+
 DEMOS = {"echo": EchoHandler}
+#: Demos for ``--mode async``, by name: each entry builds its handler class.
+ASYNC_DEMOS = {"echo": async_echo_handler}
