@@ -222,3 +222,14 @@ def test_ipv6_literal_on_a_plain_udp_server() -> None:
         own, seen, sender = datagram_client(socket.AF_INET6, "::1", server.server_address[1])
         assert_seen_as_ipv6_loopback(own, seen)
         assert sender[:2] == server.server_address[:2]
+
+
+# -- settings that cannot work -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("server_class", [sockserve.TCPServer, sockserve.UDPServer])
+def test_dual_stack_on_an_ipv4_address_is_a_configuration_error(server_class: Any) -> None:
+    with pytest.raises(sockserve.ConfigurationError) as raised:
+        server_class(("127.0.0.1", 0), ReportAddress, dual_stack=True)
+    assert "dual_stack" in str(raised.value)
+    assert "127.0.0.1:0" in str(raised.value)

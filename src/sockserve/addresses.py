@@ -66,6 +66,22 @@ def family_for(address: Any, configured: int) -> int:
     return configured
 
 
+def is_ipv4_literal(address: Any) -> bool:
+    """True for ``("192.0.2.1", port)``-style addresses that name one IPv4 interface.
+
+    The wildcard hosts are not: a dual-stack server maps them to ``"::"``.
+    """
+    if not (isinstance(address, tuple) and address and isinstance(address[0], str)):
+        return False
+    host = address[0]
+    if host in WILDCARD_HOSTS:
+        return False
+    try:
+        return ipaddress.ip_address(host).version == 4
+    except ValueError:
+        return False  # a hostname or an IPv6 literal
+
+
 def dual_stack_address(address: Any) -> Any:
     """Map a wildcard host to ``"::"`` so one IPv6 socket can also take IPv4 clients."""
     if isinstance(address, tuple) and address and address[0] in WILDCARD_HOSTS:

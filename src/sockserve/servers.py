@@ -26,7 +26,7 @@ import threading
 from dataclasses import replace
 from typing import Any, cast
 
-from .addresses import dual_stack_address, family_for, format_address
+from .addresses import dual_stack_address, family_for, format_address, is_ipv4_literal
 from .connection import unmap_ipv4_client
 from .errors import ConfigurationError, HandlerClassError
 from .limits import OVERLOAD_POLICIES
@@ -299,6 +299,12 @@ class TCPServer(BaseServer):
                 raise ConfigurationError(
                     "dual_stack needs an IP server, not address family "
                     f"{self.address_family!r} (address {format_address(self.server_address)})"
+                )
+            if is_ipv4_literal(self.server_address):
+                raise ConfigurationError(
+                    "dual_stack needs a wildcard host ('', '0.0.0.0' or '::') or an IPv6 "
+                    f"address; {format_address(self.server_address)} can only take IPv4 "
+                    "clients (leave dual_stack off for it)"
                 )
             self.server_address = dual_stack_address(self.server_address)
             family = socket.AF_INET6
