@@ -24,7 +24,7 @@ import socket
 import stat
 import threading
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any, Self, cast
 
 from .addresses import dual_stack_address, family_for, format_address, is_ipv4_literal
 from .connection import unmap_ipv4_client
@@ -227,7 +227,7 @@ class BaseServer:
             exc_info=True,
         )
 
-    def __enter__(self) -> BaseServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *args: object) -> None:
