@@ -57,6 +57,8 @@ class PreforkMixIn:
       fails before it is ready, after stopping the others.
     - ``shutdown()``: graceful stop, from another thread (waits) or a signal handler.
     - ``worker_pids()``: the pids of the live workers.
+    - ``handle_request()``: serves one request in the calling process, with no workers,
+      exactly as the next class in the MRO would (handy in tests and one-shot tools).
 
     Methods that may be overridden:
 
@@ -77,7 +79,7 @@ class PreforkMixIn:
     rolling restart; TTIN one worker more; TTOU one fewer. Handlers are installed only when
     ``serve_forever`` runs on the main thread, and the previous ones restored after.
 
-    Resource handling: the master owns the listening socket and never accepts on it; the
+    Resource handling: in ``serve_forever`` the master never accepts on its socket; the
     workers share it (or, with ``reuse_port``, each has its own). Every worker is reaped
     before ``serve_forever`` returns, and workers stop on their own if the master dies.
     """
