@@ -26,7 +26,17 @@ from .chart import draw_chart
 from .loadgen import LoadgenError
 from .machine import describe_machine, load_average
 from .progress import Progress
-from .report import derive, relative_link, render_markdown, update_docs, write_json
+from .report import (
+    CONCURRENCY_BEGIN,
+    CONCURRENCY_END,
+    derive,
+    has_main_section,
+    relative_link,
+    render_concurrency,
+    render_markdown,
+    update_docs,
+    write_json,
+)
 from .servers import (
     BASELINE,
     CEILING,
@@ -36,13 +46,13 @@ from .servers import (
     ServerProcess,
     unavailable_reason,
 )
-from .workloads import QUICK, WORKLOADS, Settings
+from .workloads import QUICK, WORKLOADS, Settings, Workload
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 DOCS_PATH = REPO_ROOT / "docs" / "performance.md"
-DEFAULT_WORKLOADS = ("pingpong", "churn", "bulk", "idle", "http")
-QUICK_WORKLOADS = ("pingpong", "churn", "bulk", "idle")
+DEFAULT_WORKLOADS = ("pingpong", "churn", "bulk", "idle", "http", "prefork_scaling", "pool_memory")
+QUICK_WORKLOADS = ("pingpong", "churn", "bulk", "idle", "prefork_scaling", "pool_memory")
 QUICK_SERVERS = ("stdlib.ThreadingTCPServer", "sockserve.ThreadingTCPServer", "c.epoll")
 GROUPS = {spec.name: spec.group for spec in SERVERS}
 #: What one run costs beyond its measured duration: process start, warm-up, teardown.
@@ -99,9 +109,35 @@ def select_servers(patterns: str | None, quick: bool) -> list[str]:
     """The chosen servers, plus each chosen protocol's baseline and ceiling."""
     wanted = patterns.split(",") if patterns else (list(QUICK_SERVERS) if quick else ["*"])
     chosen = [s for s in SERVERS if any(fnmatch.fnmatchcase(s.name, p) for p in wanted)]
-    protocols = {spec.protocol for spec in chosen}
+    protocols = {spec.protocol for spec in chosen if not spec.only_in}
     extra = {BASELINE[p] for p in protocols} | {CEILING[p] for p in protocols}
     return [s.name for s in SERVERS if s in chosen or s.name in extra]
+
+
+def workload_servers(workload: Workload, patterns: str | None, quick: bool) -> list[str]:
+    """The servers one workload runs, in registry order.
+
+    A workload with a server list of its own (``Workload.servers``) runs those, narrowed
+    to ``--servers`` when given; the others run the chosen servers of their protocol.
+    Servers meant for some workloads only (``ServerSpec.only_in``) stay out of the rest.
+    """
+    if workload.servers:
+        own = (workload.quick_servers or workload.servers) if quick else workload.servers
+        wanted = patterns.split(",") if patterns else list(own)
+        names = [
+            spec.name
+            for spec in SERVERS
+            if any(fnmatch.fnmatchcase(spec.name, p) for p in wanted)
+            and any(fnmatch.fnmatchcase(spec.name, p) for p in workload.servers)
+        ]
+    else:
+        names = select_servers(patterns, quick)
+    return [
+        name
+        for name in names
+        if SERVERS_BY_NAME[name].protocol == workload.protocol
+        and (not SERVERS_BY_NAME[name].only_in or workload.name in SERVERS_BY_NAME[name].only_in)
+    ]
 
 
 def list_servers() -> None:
@@ -127,17 +163,19 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if unknown:
         sys.exit(f"unknown workload(s): {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
     plan = Plan([], {}, {})
-    runnable = []
-    for name in select_servers(args.servers, args.quick):
-        reason = unavailable_reason(SERVERS_BY_NAME[name])
-        if reason:
-            plan.skipped_servers[name] = reason
-        else:
-            runnable.append(name)
+    reasons: dict[str, str | None] = {}
     for name in names:
         workload = WORKLOADS[name]
         reason = workload.needs()
-        servers = [s for s in runnable if SERVERS_BY_NAME[s].protocol == workload.protocol]
+        servers = []
+        for server in workload_servers(workload, args.servers, args.quick):
+            if server not in reasons:
+                reasons[server] = unavailable_reason(SERVERS_BY_NAME[server])
+            why = reasons[server]
+            if why:
+                plan.skipped_servers[server] = why
+            else:
+                servers.append(server)
         if reason:
             plan.skipped_workloads[name] = reason
         elif servers:
@@ -159,11 +197,11 @@ def measure_workload(
             progress.step(f"{name} {server} #{repeat + 1}")
             if entry.get("not_repeated"):
                 continue
+            spec = SERVERS_BY_NAME[server]
+            placed = workload.layout(spec, settings)
             try:
-                with ServerProcess(
-                    SERVERS_BY_NAME[server], cores=settings.server_cores, host=settings.host
-                ) as process:
-                    measurement = workload.run(process, settings)
+                with ServerProcess(spec, cores=placed.server_cores, host=placed.host) as process:
+                    measurement = workload.run(process, placed)
             except (ServerError, LoadgenError, BuildError, OSError) as exc:
                 entry["failures"].append(f"failed: {exc}")
                 entry["not_repeated"] = "not repeated after a failure"
@@ -180,7 +218,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     settings, repeats = build_settings(args)
     plan = make_plan(args)
     total_runs = repeats * sum(len(servers) for _, servers in plan.work)
-    estimate = total_runs * (settings.duration_s + settings.warmup_s + RUN_OVERHEAD_S)
+    per_run = settings.duration_s + settings.warmup_s + RUN_OVERHEAD_S
+    estimate = sum(
+        repeats * len(servers) * (per_run + WORKLOADS[name].extra_s(settings))
+        for name, servers in plan.work
+    )
     progress = Progress(total_runs)
     progress.note(
         f"bench: {total_runs} runs, about {estimate / 60:.1f} min "
@@ -209,6 +251,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "protocol": workload.protocol,
             "unit": workload.unit,
             "cpu_unit": workload.cpu_unit,
+            "table": workload.table,
             "description": workload.describe(settings),
             "servers": measure_workload(name, servers, settings, repeats, progress),
         }
@@ -222,7 +265,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 def publish(results: dict[str, Any], args: argparse.Namespace, results_path: Path) -> None:
     """Write the chart and the docs section for ``results``; print where they went."""
     chart_link = None
-    if not args.no_chart:
+    if not args.no_chart and has_main_section(results):
         chart_path = args.chart or results_path.with_suffix(".png")
         why_not = draw_chart(results, results.get("groups", GROUPS), chart_path)
         if why_not:
@@ -234,7 +277,12 @@ def publish(results: dict[str, Any], args: argparse.Namespace, results_path: Pat
     write_docs = not args.no_docs and (args.docs is not None or not args.quick)
     if write_docs:
         docs = args.docs or DOCS_PATH
-        update_docs(docs, render_markdown(results, chart_link))
+        # Each section is rewritten only by a run that measured its workloads.
+        if has_main_section(results):
+            update_docs(docs, render_markdown(results, chart_link))
+        concurrency = render_concurrency(results)
+        if concurrency:
+            update_docs(docs, concurrency, CONCURRENCY_BEGIN, CONCURRENCY_END)
         print(f"bench: results written into {docs}", file=sys.stderr)
 
 
@@ -251,12 +299,24 @@ def main(argv: list[str]) -> None:
         derive(results)
         publish(results, args, args.render)
         return
-    results_path = args.results or RESULTS_DIR / ("quick.json" if args.quick else "latest.json")
     results = run_benchmark(args)
+    results_path = args.results or RESULTS_DIR / default_results_name(args, results)
     write_json(results, results_path)
     print(f"bench: results written to {results_path}", file=sys.stderr)
     publish(results, args, results_path)
     print(render_markdown(results, None))
+    concurrency = render_concurrency(results)
+    if concurrency:
+        print(concurrency)
+
+
+def default_results_name(args: argparse.Namespace, results: dict[str, Any]) -> str:
+    """quick.json for --quick; concurrency.json for a run of only the pre-fork scaling and
+    pool-memory workloads (so it never replaces a full run's latest.json); else latest.json.
+    """
+    if args.quick:
+        return "quick.json"
+    return "latest.json" if has_main_section(results) else "concurrency.json"
 
 
 if __name__ == "__main__":

@@ -58,6 +58,8 @@ def draw_chart(results: dict[str, Any], groups: dict[str, str], path: Path) -> s
         return "matplotlib is not installed (pip install matplotlib): no chart"
     panels = []
     for name, workload in results["workloads"].items():
+        if workload.get("table") == "pool_memory":
+            continue  # its rate is mostly the hold time: its figures are memory and threads
         rows = [
             (server, s["rate"], s["rate_min"], s["rate_max"], groups.get(server, ""))
             for server, entry in workload["servers"].items()

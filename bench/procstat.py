@@ -90,3 +90,60 @@ def busy_core_seconds(cores: set[int] | None) -> float:
             ticks = [int(value) for value in values[:8]]
             busy_ticks += sum(ticks) - ticks[3] - ticks[4]
     return busy_ticks / CLOCK_TICKS
+
+
+@dataclass(frozen=True)
+class ProcessSample:
+    """One process of a server's session: CPU so far, threads, and its memory three ways.
+
+    RSS counts every resident page the process maps, so forked workers that still share
+    the master's pages count them again each; PSS divides each shared page among the
+    processes sharing it (summed over a tree, it is the tree's real footprint); USS is
+    the pages only this process maps: what the kernel frees when it exits, the honest
+    cost of one more worker.
+    """
+
+    pid: int
+    cpu_s: float
+    threads: int
+    rss_bytes: int
+    pss_bytes: int
+    uss_bytes: int
+
+
+def _smaps_rollup(pid: str) -> dict[str, int]:
+    """``/proc/<pid>/smaps_rollup`` in bytes by field name; empty if unreadable."""
+    found: dict[str, int] = {}
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return found
+    for line in text.splitlines()[1:]:
+        name, _, rest = line.partition(":")
+        words = rest.split()
+        if len(words) == 2 and words[1] == "kB" and words[0].isdigit():
+            found[name] = int(words[0]) * 1024
+    return found
+
+
+def session_processes(session_id: int) -> list[ProcessSample]:
+    """Every live process of ``session_id``, by pid: the leader (lowest pid) first."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(entry.name)
+        if fields is None or int(fields[3]) != session_id or fields[0] == "Z":
+            continue
+        memory = _smaps_rollup(entry.name)
+        found.append(
+            ProcessSample(
+                pid=int(entry.name),
+                cpu_s=sum(int(value) for value in fields[11:15]) / CLOCK_TICKS,
+                threads=int(fields[17]),
+                rss_bytes=memory.get("Rss", _rss_pages(entry.name) * PAGE_BYTES),
+                pss_bytes=memory.get("Pss", 0),
+                uss_bytes=memory.get("Private_Clean", 0) + memory.get("Private_Dirty", 0),
+            )
+        )
+    return sorted(found, key=lambda sample: (sample.pid != session_id, sample.pid))

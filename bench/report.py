@@ -17,6 +17,12 @@ from typing import Any
 
 MARK_BEGIN = "<!-- bench:results:begin -->"
 MARK_END = "<!-- bench:results:end -->"
+#: The pre-fork scaling and pool-memory figures have a section of their own, so a run of
+#: just those two workloads can refresh them without touching the full run's section.
+CONCURRENCY_BEGIN = "<!-- bench:concurrency:begin -->"
+CONCURRENCY_END = "<!-- bench:concurrency:end -->"
+#: Workloads with their own table, rendered into the concurrency section.
+CONCURRENCY_TABLES = ("prefork_scaling", "pool_memory")
 
 CPU_UNIT_SHORT = {"request": "req", "connection": "conn"}
 
@@ -100,6 +106,8 @@ def loadgen_headroom(results: dict[str, Any]) -> list[dict[str, Any]]:
     groups = results.get("groups", {})
     rows = []
     for name, workload in results["workloads"].items():
+        if workload.get("table", "standard") != "standard":
+            continue
         ceiling = results["ceiling"].get(workload["protocol"])
         servers = workload["servers"]
         top = servers.get(ceiling, {}).get("summary")
@@ -147,7 +155,24 @@ def derive(results: dict[str, Any]) -> None:
             entry["summary"] = summarize(entry["runs"])
         protocol = workload["protocol"]
         add_ratios(workload, results["baseline"][protocol], results["ceiling"][protocol])
+        if workload.get("table") == "prefork_scaling":
+            add_scaling_ratios(workload)
     results["loadgen_headroom"] = loadgen_headroom(results)
+
+
+def add_scaling_ratios(workload: dict[str, Any]) -> None:
+    """``vs_one_worker``: each pre-fork row against one worker of its class and placement."""
+    servers = workload["servers"]
+    one = {}
+    for entry in servers.values():
+        extra = (entry["summary"] or {}).get("extra", {})
+        if extra.get("workers") == 1:
+            one[(extra.get("family"), extra.get("layout"))] = entry["summary"]
+    for entry in servers.values():
+        summary = entry["summary"]
+        extra = (summary or {}).get("extra", {})
+        reference = one.get((extra.get("family"), extra.get("layout")))
+        entry["vs_one_worker"] = ratios(summary, reference)
 
 
 def _rounded(value: Any) -> Any:
@@ -256,7 +281,11 @@ def render_workload(name: str, workload: dict[str, Any], settings: dict[str, Any
 
 def render_summary(results: dict[str, Any]) -> str:
     """One row per echo server: the headline figure of every echo workload."""
-    workloads = {name: w for name, w in results["workloads"].items() if w["protocol"] == "echo"}
+    workloads = {
+        name: w
+        for name, w in results["workloads"].items()
+        if w["protocol"] == "echo" and w.get("table", "standard") == "standard"
+    }
     if not workloads:
         return ""
     servers: list[str] = []
@@ -345,6 +374,171 @@ def render_machine(results: dict[str, Any]) -> str:
     )
 
 
+def _cores(cores: list[int]) -> str:
+    return ",".join(map(str, cores)) if cores else "any"
+
+
+def _mib_list(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if max(values) - min(values) < 0.05 * max(values) + 0.1:
+        return f"{len(values)}×{statistics.mean(values):.1f}"
+    return " + ".join(f"{value:.1f}" for value in values)
+
+
+def render_prefork_scaling(workload: dict[str, Any]) -> str:
+    unit = workload["unit"]
+    lines = [
+        f"### prefork_scaling: {workload['description']}",
+        "",
+        f"| server | workers | cores: server / load gen | {unit} | range | × 1 worker "
+        "| µs CPU/conn | × 1 worker | CPU: server / load gen / other | master CPU "
+        "| idle PSS MiB: master / workers | idle USS MiB per worker "
+        "| PSS MiB total: idle / load | notes |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for server, entry in workload["servers"].items():
+        summary = entry["summary"]
+        if summary is None:
+            lines.append(f"| {server} |" + " – |" * 12 + f" {_notes(entry, None)} |")
+            continue
+        extra = summary["extra"]
+        idle, load = extra.get("idle", {}), extra.get("load", {})
+        mine = entry.get("vs_one_worker", {})
+        cells = [
+            f"{extra.get('family', server)}",
+            str(extra.get("workers", "–")),
+            f"{_cores(extra.get('server_cores', []))} / {_cores(extra.get('loadgen_cores', []))}",
+            _number(summary["rate"], unit),
+            f"{_number(summary['rate_min'], unit)}–{_number(summary['rate_max'], unit)}",
+            _ratio(mine.get("rate")),
+            _number(summary["cpu_us_per_unit"]),
+            _ratio(mine.get("cpu_us_per_unit")),
+            _shares(
+                summary["server_cpu_share"],
+                summary["loadgen_cpu_share"],
+                summary.get("other_cpu_share"),
+            ),
+            "–" if extra.get("master_cpu_share") is None else f"{extra['master_cpu_share']:.1%}",
+            f"{_number(idle.get('master_pss_mib'))} / {_mib_list(idle.get('worker_pss_mib', []))}",
+            _mib_list(idle.get("worker_uss_mib", [])),
+            f"{_number(idle.get('total_pss_mib'))} / {_number(load.get('total_pss_mib'))}",
+            _notes(entry, extra.get("conns")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    costs = worker_costs(workload)
+    if costs:
+        lines += ["", *costs]
+    return "\n".join(lines)
+
+
+def worker_costs(workload: dict[str, Any]) -> list[str]:
+    """One line per pre-fork class: what one more worker costs, idle, in PSS and USS."""
+    by_family: dict[str, dict[int, dict[str, Any]]] = {}
+    for entry in workload["servers"].values():
+        summary = entry["summary"]
+        if summary is None or summary["extra"].get("layout") != "one-core":
+            continue  # memory does not depend on placement: one layout is enough
+        extra = summary["extra"]
+        by_family.setdefault(extra["family"], {})[extra["workers"]] = extra
+    lines = []
+    for family, rows in by_family.items():
+        if 1 not in rows or len(rows) < 2:
+            continue
+        most = max(rows)
+        one, many = rows[1]["idle"], rows[most]["idle"]
+        added = (many["total_pss_mib"] - one["total_pss_mib"]) / (most - 1)
+        uss = statistics.mean(many["worker_uss_mib"]) if many["worker_uss_mib"] else None
+        lines.append(
+            f"- **{family}**, idle: {most} workers take {many['total_pss_mib']:.1f} MiB PSS "
+            f"against {one['total_pss_mib']:.1f} for one, so each worker beyond the first "
+            f"adds {added:.1f} MiB; a worker's own pages (USS) are {_number(uss)} MiB, the "
+            f"rest of its {_number(statistics.mean(many['worker_rss_mib']))} MiB RSS is "
+            f"shared with the master (whose own PSS is {_number(many['master_pss_mib'])} MiB)."
+        )
+    return lines
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value / 1000:,.1f}"
+
+
+def render_pool_memory(workload: dict[str, Any]) -> str:
+    lines = [
+        f"### pool_memory: {workload['description']}",
+        "",
+        "| server | thread bound | served while all held | threads while held "
+        "| RSS MiB: idle → held | KiB per held conn | rest served after release in "
+        "| peak threads | peak RSS MiB | µs CPU/conn | wait for echo p50 / p99 / max ms "
+        "| CPU: server / client / other | notes |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for server, entry in workload["servers"].items():
+        summary = entry["summary"]
+        if summary is None:
+            lines.append(f"| {server} |" + " – |" * 12 + f" {_notes(entry, None)} |")
+            continue
+        extra = summary["extra"]
+        bound = extra.get("thread_bound")
+        if not extra.get("drained"):
+            drained = f"not all: {extra.get('served', 0):,}/{extra.get('conns', 0):,}"
+        elif extra.get("hold_served") == extra.get("served"):
+            drained = "none left"
+        else:
+            drained = f"{extra['drain_s']:.2f} s"
+        cells = [
+            server,
+            "none" if bound is None else f"max_workers={bound}",
+            f"{extra.get('hold_served', 0):,}/{extra.get('conns', 0):,} "
+            f"({extra.get('hold_connected', 0):,} connected)",
+            f"{summary['threads']:,.0f}",
+            f"{_number(extra.get('idle_rss_mib'))} → {_number(summary['rss_mib'])}",
+            _number(extra.get("kib_per_held_conn")),
+            drained,
+            f"{extra.get('peak_threads', 0):,}",
+            _number(extra.get("peak_rss_mib")),
+            _number(summary["cpu_us_per_unit"]),
+            " / ".join(_ms(summary.get(key)) for key in ("p50", "p99", "max")),
+            _shares(
+                summary["server_cpu_share"],
+                summary["loadgen_cpu_share"],
+                summary.get("other_cpu_share"),
+            ),
+            _notes(entry, extra.get("conns")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _is_concurrency(workload: dict[str, Any]) -> bool:
+    return workload.get("table", "standard") in CONCURRENCY_TABLES
+
+
+def render_concurrency(results: dict[str, Any]) -> str | None:
+    """The pre-fork scaling and pool-memory section, or None if neither ran."""
+    chosen = {n: w for n, w in results["workloads"].items() if _is_concurrency(w)}
+    if not chosen:
+        return None
+    s = results["settings"]
+    parts = [
+        CONCURRENCY_BEGIN,
+        f"_Generated by `{results['command']}` on {results['started_at']} "
+        f"({results['elapsed_s'] / 60:.1f} min). Do not edit between these markers._",
+        "",
+        render_machine(results),
+        f"- **Placement:** each pre-fork row names the cores of its server and of its load "
+        f"generator; pool_memory runs the server on {s['server_cores']} and its client on "
+        f"{s['loadgen_cores']}",
+    ]
+    for workload in chosen.values():
+        if workload["table"] == "prefork_scaling":
+            parts += ["", render_prefork_scaling(workload)]
+        else:
+            parts += ["", render_pool_memory(workload)]
+    parts.append(CONCURRENCY_END)
+    return "\n".join(parts)
+
+
 def render_markdown(results: dict[str, Any], chart: str | None) -> str:
     parts = [
         MARK_BEGIN,
@@ -378,7 +572,10 @@ def render_markdown(results: dict[str, Any], chart: str | None) -> str:
             headroom,
         ]
     for name, workload in results["workloads"].items():
-        parts += ["", render_workload(name, workload, results["settings"])]
+        if workload.get("table", "standard") == "standard":
+            parts += ["", render_workload(name, workload, results["settings"])]
+    if any(_is_concurrency(w) for w in results["workloads"].values()):
+        parts += ["", "Pre-fork scaling and pool memory: see their own section below."]
     skipped = {**results["skipped_servers"], **results["skipped_workloads"]}
     if skipped:
         parts += ["", "### Skipped", ""]
@@ -394,14 +591,24 @@ DOC_TEMPLATE = f"""# Performance
 """
 
 
-def update_docs(path: Path, markdown: str) -> None:
-    """Replace what lies between the markers in ``path`` (created if missing)."""
+def has_main_section(results: dict[str, Any]) -> bool:
+    """Whether ``results`` hold a workload of the main section (so it should be rewritten)."""
+    return any(not _is_concurrency(w) for w in results["workloads"].values())
+
+
+def update_docs(
+    path: Path, markdown: str, begin: str = MARK_BEGIN, end_mark: str = MARK_END
+) -> None:
+    """Replace what lies between ``begin`` and ``end_mark`` in ``path`` (created if missing).
+
+    ``markdown`` includes the markers themselves; a missing pair is appended at the end.
+    """
     text = path.read_text() if path.exists() else DOC_TEMPLATE
-    begin, end = text.find(MARK_BEGIN), text.find(MARK_END)
-    if begin < 0 or end < begin:
-        text = text.rstrip("\n") + f"\n\n{MARK_BEGIN}\n{MARK_END}\n"
-        begin, end = text.find(MARK_BEGIN), text.find(MARK_END)
-    path.write_text(text[:begin] + markdown + text[end + len(MARK_END) :])
+    start, end = text.find(begin), text.find(end_mark)
+    if start < 0 or end < start:
+        text = text.rstrip("\n") + f"\n\n{begin}\n{end_mark}\n"
+        start, end = text.find(begin), text.find(end_mark)
+    path.write_text(text[:start] + markdown + text[end + len(end_mark) :])
 
 
 def relative_link(target: Path, from_file: Path) -> str:

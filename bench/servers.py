@@ -61,6 +61,8 @@ class ServerSpec:
     requires: tuple[str, ...] = ()
     needs_class: tuple[str, str] | None = None
     note: str = ""
+    #: If set, the server runs only in these workloads (and is left out of every other).
+    only_in: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,15 +109,52 @@ def _stdlib(class_name: str) -> ServerSpec:
     return ServerSpec(f"stdlib.{class_name}", "stdlib", "socketserver", target=class_name)
 
 
-def _sockserve(mode: SockserveMode) -> ServerSpec:
+def _sockserve(mode: SockserveMode, **fields: Any) -> ServerSpec:
     return ServerSpec(
         mode.name,
         "sockserve",
         "sockserve",
         target=mode.class_name,
-        options={"handler": mode.handler, "kwargs": mode.kwargs},
+        options={"handler": mode.handler, "kwargs": mode.kwargs, **fields.pop("options", {})},
         needs_class=("sockserve", mode.class_name),
+        **fields,
     )
+
+
+#: The cores this harness may use; pre-fork scaling compares one worker with this many.
+USABLE_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+#: Worker counts the pre-fork scaling workload compares: one, and one per core (at least 2).
+SCALING_WORKERS = (1, max(2, USABLE_CORES))
+#: Where a scaling run puts the server and the load generator (see workloads.py):
+#: "all-cores": both may run on every usable core, the scheduler places them;
+#: "one-core": server on the server core, load generator on its own (the usual layout).
+SCALING_LAYOUTS = ("all-cores", "one-core")
+#: The pre-fork compositions scaled: single-threaded workers, and a bounded pool in each.
+SCALING_CLASSES = (
+    ("PreforkTCPServer", "Prefork"),
+    ("PreforkMixIn+ThreadPoolMixIn+TCPServer", "Prefork+ThreadPool"),
+)
+
+
+def _scaling_specs() -> list[ServerSpec]:
+    """Pre-fork servers for the ``prefork_scaling`` workload only: class × workers × layout."""
+    specs = []
+    for class_name, label in SCALING_CLASSES:
+        for layout in SCALING_LAYOUTS:
+            for workers in SCALING_WORKERS:
+                mode = SockserveMode(
+                    class_name,
+                    kwargs={"workers": workers},
+                    label=f"{label}(workers={workers})@{layout}",
+                )
+                specs.append(
+                    _sockserve(
+                        mode,
+                        options={"layout": layout, "workers": workers, "family": label},
+                        only_in=("prefork_scaling",),
+                    )
+                )
+    return specs
 
 
 #: Threads in the "many threads on one serve_forever" recipe: a fixed pool in disguise.
@@ -142,6 +181,7 @@ SERVERS: tuple[ServerSpec, ...] = (
     ),
     ServerSpec("gevent.StreamServer", "gevent", "gevent_stream", requires=("gevent",)),
     *(_sockserve(mode) for mode in SOCKSERVE_MODES),
+    *_scaling_specs(),
     ServerSpec("c.epoll", "c", "c", target="c_echo.c", note="the practical ceiling"),
     # HTTP: one http.server handler, served by the stdlib and by sockserve underneath.
     ServerSpec("http.stdlib", "stdlib", "http", protocol="http", target="socketserver"),

@@ -1,25 +1,39 @@
 """The workloads: what load is put on a server, and what is measured while it runs.
 
 Each workload turns one running server into one ``Measurement``. The echo workloads use
-the C load generator (bench/loadgen.c); HTTP uses ``wrk``. Server cost is measured
-between the load generator's marks, over the server's whole session (see procstat.py),
-so CPU per request includes forked children and every thread.
+the C load generator (bench/loadgen.c), pool_memory its own client (bench/holdclient.py);
+HTTP uses ``wrk``. prefork_scaling also reads each process of a pre-fork server apart
+(master, workers) for per-worker memory, and places server and load generator itself.
+Server cost is measured between the load generator's marks, over the server's whole
+session (see procstat.py), so CPU per request includes forked children and every thread.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import resource
+import select
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .loadgen import LoadgenArgs, run_loadgen
-from .procstat import TreeSample, busy_core_seconds
-from .servers import ServerError, ServerProcess, pin_and_raise_limits
+from .procstat import ProcessSample, TreeSample, busy_core_seconds, session_processes
+from .servers import (
+    REPO_ROOT,
+    SCALING_WORKERS,
+    ServerError,
+    ServerProcess,
+    ServerSpec,
+    find_sockserve_class,
+    pin_and_raise_limits,
+)
 
 MIB = 1024 * 1024
 
@@ -37,12 +51,24 @@ class Settings:
     idle_active: int = 4  # ping-pong connections alongside the idle ones
     connect_timeout_s: float = 10.0  # how long the idle connections may take to open
     http_conns: int = 16
+    pool_conns: int = 2000  # pool_memory: connections, all open at once
+    pool_hold_s: float = 3.0  # pool_memory: how long they are held after the last connect
+    pool_drain_timeout_s: float = 20.0  # pool_memory: how long the rest may take afterwards
     host: str = "127.0.0.1"
     server_cores: tuple[int, ...] | None = (0,)
     loadgen_cores: tuple[int, ...] | None = (1,)
 
 
-QUICK = Settings(warmup_s=0.2, duration_s=0.5, conns=4, idle_conns=100, connect_timeout_s=1.5)
+QUICK = Settings(
+    warmup_s=0.2,
+    duration_s=0.5,
+    conns=4,
+    idle_conns=100,
+    connect_timeout_s=1.5,
+    pool_conns=300,
+    pool_hold_s=0.3,
+    pool_drain_timeout_s=5.0,
+)
 
 
 @dataclass
@@ -80,10 +106,25 @@ class Workload:
     describe: Callable[[Settings], str]
     run: Callable[[ServerProcess, Settings], Measurement]
     needs: Callable[[], str | None] = lambda: None  # why it cannot run here, or None
+    #: The servers (names or globs) it runs when none are chosen; empty: all of its protocol.
+    servers: tuple[str, ...] = ()
+    #: The same for ``--quick``; empty: ``servers`` (or the quick set if that is empty too).
+    quick_servers: tuple[str, ...] = ()
+    #: Where one server's run places server and load generator (default: ``settings``').
+    layout: Callable[[ServerSpec, Settings], Settings] = lambda spec, settings: settings
+    #: How the report renders it: "standard" (the per-server table) or a table of its own.
+    table: str = "standard"
+    #: Seconds one run takes beyond warm-up, duration and start-up (for the time estimate).
+    extra_s: Callable[[Settings], float] = lambda settings: 0.0
 
 
 def _measure(
-    server: ServerProcess, args: LoadgenArgs, settings: Settings, *, per_mb: bool = False
+    server: ServerProcess,
+    args: LoadgenArgs,
+    settings: Settings,
+    *,
+    per_mb: bool = False,
+    probe: Callable[[str], None] | None = None,
 ) -> Measurement:
     samples: dict[str, TreeSample] = {}
     busy: dict[str, float] = {}
@@ -92,6 +133,8 @@ def _measure(
     def on_mark(mark: str) -> None:
         samples[mark] = server.sample()
         busy[mark] = busy_core_seconds(cores)
+        if probe is not None:
+            probe(mark)
 
     result = run_loadgen(
         args, server.host, server.port, cores=settings.loadgen_cores, on_mark=on_mark
@@ -268,6 +311,233 @@ def run_http(server: ServerProcess, settings: Settings) -> Measurement:
     )
 
 
+# -- Pre-fork scaling: N workers against one, and what each worker costs ----------------
+
+#: How long a pre-fork server may take, after its ready line, to have all workers up.
+WORKERS_UP_TIMEOUT_S = 10.0
+#: Pause after the workers are up, before the idle memory sample: boot allocations settle.
+WORKERS_SETTLE_S = 0.2
+
+
+def scaling_layout(spec: ServerSpec, settings: Settings) -> Settings:
+    """``all-cores``: server and load generator may each use every usable core."""
+    if spec.options.get("layout") != "all-cores" or settings.server_cores is None:
+        return settings
+    cores = tuple(sorted(os.sched_getaffinity(0)))
+    return replace(settings, server_cores=cores, loadgen_cores=cores)
+
+
+def _wait_for_workers(server: ServerProcess, workers: int) -> list[ProcessSample]:
+    """The session's processes once the master and all ``workers`` are running."""
+    deadline = time.monotonic() + WORKERS_UP_TIMEOUT_S
+    while True:
+        processes = session_processes(server.pid)
+        if len(processes) >= workers + 1:
+            time.sleep(WORKERS_SETTLE_S)
+            return session_processes(server.pid)
+        if not server.is_alive() or time.monotonic() > deadline:
+            raise ServerError(
+                f"{server.spec.name}: {len(processes) - 1}/{workers} workers up after "
+                f"{WORKERS_UP_TIMEOUT_S:.0f} s: {server.stderr_tail()}"
+            )
+        time.sleep(0.05)
+
+
+def _memory_split(processes: list[ProcessSample], master_pid: int) -> dict[str, Any]:
+    """Master and per-worker memory (MiB), from one look at the session's processes."""
+    master = [p for p in processes if p.pid == master_pid]
+    workers = [p for p in processes if p.pid != master_pid]
+
+    def mib(values: list[int]) -> list[float]:
+        return [value / MIB for value in values]
+
+    return {
+        "master_rss_mib": master[0].rss_bytes / MIB if master else None,
+        "master_pss_mib": master[0].pss_bytes / MIB if master else None,
+        "master_uss_mib": master[0].uss_bytes / MIB if master else None,
+        "worker_rss_mib": mib([p.rss_bytes for p in workers]),
+        "worker_pss_mib": mib([p.pss_bytes for p in workers]),
+        "worker_uss_mib": mib([p.uss_bytes for p in workers]),
+        "worker_threads": [p.threads for p in workers],
+        "total_pss_mib": sum(p.pss_bytes for p in processes) / MIB,
+        "total_rss_mib": sum(p.rss_bytes for p in processes) / MIB,
+    }
+
+
+def run_prefork_scaling(server: ServerProcess, settings: Settings) -> Measurement:
+    """Churn against a pre-fork server; per-process CPU and memory, idle and under load."""
+    workers = int(server.spec.options.get("workers", 1))
+    idle = _wait_for_workers(server, workers)
+    looks: dict[str, list[ProcessSample]] = {}
+
+    def probe(mark: str) -> None:
+        looks[mark] = session_processes(server.pid)
+
+    measurement = _measure(server, _loadgen("churn", settings), settings, probe=probe)
+    start = {p.pid: p for p in looks["start"]}
+    end = {p.pid: p for p in looks["end"]}
+    master_cpu_s = 0.0
+    if server.pid in start and server.pid in end:
+        master_cpu_s = end[server.pid].cpu_s - start[server.pid].cpu_s
+    worker_cpu_share = [
+        (end[pid].cpu_s - start[pid].cpu_s) / measurement.seconds
+        for pid in sorted(end)
+        if pid != server.pid and pid in start
+    ]
+    measurement.extra.update(
+        {
+            "family": server.spec.options.get("family", ""),
+            "conns": settings.conns,
+            "workers": workers,
+            "layout": server.spec.options.get("layout", ""),
+            "server_cores": list(settings.server_cores or ()),
+            "loadgen_cores": list(settings.loadgen_cores or ()),
+            "master_cpu_share": master_cpu_s / measurement.seconds,
+            "worker_cpu_share": worker_cpu_share,
+            "idle": _memory_split(idle, server.pid),
+            "load": _memory_split(looks["end"], server.pid),
+        }
+    )
+    return measurement
+
+
+# -- Pool memory: 2,000 connections at once against bounded and unbounded threads -------
+
+#: Seconds between looks at the server while the pool-memory client runs (for peaks).
+POOL_SAMPLE_EVERY_S = 0.05
+
+
+def _thread_bound(spec: ServerSpec) -> int | None:
+    """A pool's ``max_workers`` (as configured for this server), or None if unbounded."""
+    kwargs = spec.options.get("kwargs", {})
+    if "max_workers" in kwargs:
+        return int(kwargs["max_workers"])
+    if spec.launcher != "sockserve":
+        return None
+    found = find_sockserve_class(spec.target)
+    bound = getattr(found, "max_workers", None)
+    return bound if isinstance(bound, int) else None
+
+
+def _with_repo_on_path() -> dict[str, str]:
+    """This environment with the repository root first on PYTHONPATH: bench/ is not installed."""
+    path = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+
+
+def run_pool_memory(server: ServerProcess, settings: Settings) -> Measurement:
+    """Hold ``pool_conns`` connections at once (bench/holdclient.py), then let them go."""
+    cores = _pinned_cores(settings)
+    sources = 200 if server.host.startswith("127.") else 0
+    argv = [
+        sys.executable,
+        *("-m", "bench.holdclient", "--host", server.host, "--port", str(server.port)),
+        *("--conns", str(settings.pool_conns), "--size", str(settings.size)),
+        *("--hold", str(settings.pool_hold_s)),
+        *("--drain-timeout", str(settings.pool_drain_timeout_s)),
+        *("--connect-timeout", str(settings.connect_timeout_s), "--sources", str(sources)),
+    ]
+    budget = settings.connect_timeout_s + settings.pool_hold_s + settings.pool_drain_timeout_s + 30
+    idle = server.sample()
+    busy_before = busy_core_seconds(cores)
+    peak = {"threads": idle.threads, "rss_bytes": idle.rss_bytes, "processes": idle.processes}
+    hold_sample: TreeSample | None = None
+    hold: dict[str, Any] = {}
+    result: dict[str, Any] | None = None
+    process = subprocess.Popen(
+        argv,
+        cwd=REPO_ROOT,
+        env=_with_repo_on_path(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=pin_and_raise_limits(settings.loadgen_cores),
+    )
+    assert process.stdout is not None
+    assert process.stdin is not None
+    try:
+        deadline = time.monotonic() + budget
+        pending = b""
+        while result is None:
+            if time.monotonic() > deadline:
+                raise ServerError(f"the pool-memory client hung for more than {budget:.0f} s")
+            readable, _, _ = select.select([process.stdout], [], [], POOL_SAMPLE_EVERY_S)
+            look = server.sample()
+            peak["threads"] = max(peak["threads"], look.threads)
+            peak["rss_bytes"] = max(peak["rss_bytes"], look.rss_bytes)
+            peak["processes"] = max(peak["processes"], look.processes)
+            if not readable:
+                continue
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                raise ServerError(f"the pool-memory client exited early: {stderr.strip()}")
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                if line.startswith(b"MARK hold "):
+                    hold = json.loads(line[len(b"MARK hold ") :])
+                    hold_sample = look
+                    process.stdin.write(b"go\n")
+                    process.stdin.flush()
+                elif line.startswith(b"RESULT "):
+                    result = json.loads(line[len(b"RESULT ") :])
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+    end, busy_after = server.sample(), busy_core_seconds(cores)
+    if not server.is_alive():
+        raise ServerError(f"{server.spec.name} died under load: {server.stderr_tail()}")
+    assert hold_sample is not None
+    seconds = max(float(result["seconds"]), 1e-9)
+    served = float(result["served"])
+    cpu_s = end.cpu_s - idle.cpu_s
+    client_cpu_s = float(result["client_cpu_s"])
+    held = int(hold.get("connected", 0))
+    grown = hold_sample.rss_bytes - idle.rss_bytes
+    return Measurement(
+        rate=served / seconds,
+        units=served,
+        seconds=seconds,
+        server_cpu_s=cpu_s,
+        cpu_us_per_unit=cpu_s * 1e6 / served if served else None,
+        server_cpu_share=cpu_s / seconds,
+        loadgen_cpu_share=client_cpu_s / seconds,
+        other_cpu_share=max(0.0, (busy_after - busy_before - cpu_s - client_cpu_s) / seconds),
+        rss_mib=hold_sample.rss_bytes / MIB,
+        threads=hold_sample.threads,
+        processes=hold_sample.processes,
+        errors=int(result["errors"]) + int(result["dropped"]),
+        stalled_conns=int(result["unserved"]),
+        latency_us={
+            key: value * 1e6 if value is not None else None
+            for key, value in result["latency_s"].items()
+        },
+        extra={
+            "conns": settings.pool_conns,
+            "thread_bound": _thread_bound(server.spec),
+            "hold_connected": held,
+            "hold_served": int(hold.get("served", 0)),
+            "hold_s": float(hold.get("seconds", 0.0)),
+            "served": int(served),
+            "drained": bool(result["drained"]),
+            "drain_s": float(result["drain_s"]),
+            "dropped": int(result["dropped"]),
+            "idle_rss_mib": idle.rss_bytes / MIB,
+            "idle_threads": idle.threads,
+            "kib_per_held_conn": grown / 1024 / held if held else None,
+            "peak_threads": peak["threads"],
+            "peak_rss_mib": peak["rss_bytes"] / MIB,
+            "peak_processes": peak["processes"],
+        },
+    )
+
+
 WORKLOADS: dict[str, Workload] = {
     "pingpong": Workload(
         "pingpong",
@@ -319,5 +589,44 @@ WORKLOADS: dict[str, Workload] = {
         ),
         run_http,
         needs=wrk_missing,
+    ),
+    "prefork_scaling": Workload(
+        "prefork_scaling",
+        "echo",
+        "conn/s",
+        "connection",
+        lambda s: (
+            f"pre-fork workers {' vs '.join(map(str, SCALING_WORKERS))} under churn "
+            f"({s.conns} clients: connect, {s.size} bytes, echo, close), server and load "
+            "generator on all cores, then server on one core and load generator on the other"
+        ),
+        run_prefork_scaling,
+        servers=("sockserve.Prefork*@*",),
+        quick_servers=("sockserve.Prefork(workers=*)@all-cores",),
+        layout=scaling_layout,
+        table="prefork_scaling",
+        extra_s=lambda s: WORKERS_SETTLE_S + 0.5,  # workers booting, then settling
+    ),
+    "pool_memory": Workload(
+        "pool_memory",
+        "echo",
+        "conn/s",
+        "connection",
+        lambda s: (
+            f"{s.pool_conns:,} connections opened at once (at most 4 opening at a time), "
+            f"each sends {s.size} bytes and, once answered, holds until all are answered "
+            f"or {s.pool_hold_s:g} s after the last connected; then each closes once answered"
+        ),
+        run_pool_memory,
+        servers=(
+            "sockserve.ThreadPoolTCPServer",
+            "sockserve.ThreadingTCPServer",
+            "stdlib.ThreadingTCPServer",
+            "sockserve.AsyncTCPServer",
+        ),
+        quick_servers=("sockserve.ThreadPoolTCPServer",),
+        table="pool_memory",
+        # Its own phases replace warm-up and duration: connect, hold, drain.
+        extra_s=lambda s: s.pool_hold_s + 1.0 - s.warmup_s - s.duration_s,
     ),
 }

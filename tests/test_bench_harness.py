@@ -75,3 +75,30 @@ def test_quick_run_reports_against_both_references(quick_results: dict) -> None:
         assert set(entry["vs_ceiling"]) >= {"rate", "cpu_us_per_unit"}
     assert results["machine"]["cores"] >= 1
     assert "<!-- bench:results:begin -->" in quick_results["stdout"]
+
+
+@pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 30)
+def test_quick_run_measures_prefork_scaling(quick_results: dict) -> None:
+    servers = quick_results["json"]["workloads"]["prefork_scaling"]["servers"]
+    by_workers = {entry["summary"]["extra"]["workers"]: entry for entry in servers.values()}
+    assert 1 in by_workers, servers.keys()
+    assert len(by_workers) >= 2, "no run with more than one worker"
+    for workers, entry in by_workers.items():
+        extra = entry["summary"]["extra"]
+        assert len(extra["idle"]["worker_pss_mib"]) == workers
+        assert extra["idle"]["master_pss_mib"] > 0
+        assert entry["vs_one_worker"]["rate"] > 0
+    assert "### prefork_scaling" in quick_results["stdout"]
+
+
+@pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 30)
+def test_quick_run_measures_pool_memory(quick_results: dict) -> None:
+    servers = quick_results["json"]["workloads"]["pool_memory"]["servers"]
+    pool = servers["sockserve.ThreadPoolTCPServer"]["summary"]
+    extra = pool["extra"]
+    assert extra["hold_connected"] == extra["conns"], "not every connection was opened"
+    assert extra["served"] == extra["conns"], "the pool did not cycle through every client"
+    # The pool's contract, not a speed: threads stay within max_workers plus the main one.
+    assert extra["thread_bound"] is not None
+    assert extra["peak_threads"] <= extra["thread_bound"] + 2
+    assert "### pool_memory" in quick_results["stdout"]
