@@ -82,13 +82,18 @@ def run_loadgen(
         result = _follow(process, args.budget_s() + HANG_MARGIN_S, on_mark)
         process.wait(timeout=HANG_MARGIN_S)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+        close_process(process)
     return result
+
+
+def close_process(process: subprocess.Popen[bytes]) -> None:
+    """Kill a client that is still running (a failed run) and close its pipes."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
 
 
 def _follow(

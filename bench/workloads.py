@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .loadgen import LoadgenArgs, run_loadgen
+from .loadgen import LoadgenArgs, close_process, run_loadgen
 from .procstat import ProcessSample, TreeSample, busy_core_seconds, session_processes
 from .servers import (
     REPO_ROOT,
@@ -484,12 +484,7 @@ def run_pool_memory(server: ServerProcess, settings: Settings) -> Measurement:
                     result = json.loads(line[len(b"RESULT ") :])
         process.wait(timeout=30)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        for stream in (process.stdin, process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+        close_process(process)
     end, busy_after = server.sample(), busy_core_seconds(cores)
     if not server.is_alive():
         raise ServerError(f"{server.spec.name} died under load: {server.stderr_tail()}")
