@@ -43,6 +43,41 @@ def _serve_and_close(server: Any, request: Any, client_address: Any) -> None:
     server.shutdown_request(request)
 
 
+class _PooledRequest:
+    """One request on a pool worker: serve it, then (worker already free) close it.
+
+    Same hooks, same order as ``_serve_and_close``; split in two so the pool can count
+    the worker idle before the close lets the client send its next connection.
+    """
+
+    __slots__ = ("_server", "_request", "_client_address", "_ticket", "_closed")
+
+    def __init__(self, server: Any, request: Any, client_address: Any, ticket: Ticket) -> None:
+        self._server = server
+        self._request = request
+        self._client_address = client_address
+        self._ticket = ticket
+        self._closed = False
+
+    def serve(self) -> None:
+        try:
+            self._server.finish_request(self._request, self._client_address)
+        except Exception:
+            self._closed = True  # report_handler_error closes it, whatever happens
+            report_handler_error(self._server, self._request, self._client_address)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            if not self._closed:
+                self._closed = True
+                self._server.shutdown_request(self._request)
+        finally:
+            self._ticket.finish()
+
+
 def _replies_use_listener(server: Any) -> bool:
     """Datagram handlers reply through the server's own socket.
 
@@ -161,20 +196,12 @@ class ThreadPoolMixIn:
     def process_request(self, request: Any, client_address: Any) -> None:
         """Queue the request for the next free worker."""
         ticket = _take_ticket(self)
+        pooled = _PooledRequest(self, request, client_address, ticket)
         try:
-            self._pool.submit(
-                partial(self._run_pooled, request, client_address, ticket),
-                daemon=self.daemon_threads,
-            )
+            self._pool.submit(pooled.serve, daemon=self.daemon_threads, then=pooled.close)
         except BaseException:
             ticket.finish()
             raise
-
-    def _run_pooled(self, request: Any, client_address: Any, ticket: Ticket) -> None:
-        try:
-            _serve_and_close(self, request, client_address)
-        finally:
-            ticket.finish()
 
     def _dispatch_stats(self) -> tuple[int, int]:
         if "_thread_pool" not in vars(self):
