@@ -7,6 +7,11 @@ message (user + system, from /proc), which is steadier than throughput on a shar
 and is what the server itself costs. Run it a few times; compare ratios within one run.
 
     python bench/async_quick.py [--seconds 3] [--connections 50] [--rounds 3]
+                                [--baseline SRC_DIR] [--loops uvloop,asyncio]
+
+``--baseline SRC_DIR`` adds ``sockserve@base``: the same handler importing sockserve from
+another source tree (say a copy of ``src/`` from before a change), so before and after
+are measured in one run, interleaved, on the same noisy machine.
 
 Servers: ``sockserve`` (AsyncTCPServer + AsyncStreamRequestHandler, readline/write/drain),
 ``streams`` (asyncio.start_server, the same loop body), ``protocol`` (an asyncio.Protocol
@@ -117,8 +122,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(kind: str, loop_name: str, args: argparse.Namespace) -> tuple[float, float]:
+    env = None
+    if kind == "sockserve@base":
+        kind = "sockserve"
+        env = {**os.environ, "PYTHONPATH": args.baseline}
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, kind, loop_name], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", SERVER, kind, loop_name], stdout=subprocess.PIPE, text=True, env=env
     )
     try:
         assert server.stdout is not None
@@ -141,9 +150,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", metavar="SRC_DIR", help="also run sockserve from here")
+    parser.add_argument("--loops", help="comma-separated subset of uvloop,asyncio")
     args = parser.parse_args()
     loops = ["uvloop", "asyncio"] if importlib.util.find_spec("uvloop") else ["asyncio"]
-    configs = [(kind, loop) for loop in loops for kind in ("sockserve", "streams", "protocol")]
+    if args.loops:
+        loops = [loop for loop in loops if loop in args.loops.split(",")]
+    kinds = ["sockserve", "streams", "protocol"]
+    if args.baseline:
+        kinds.insert(1, "sockserve@base")
+    configs = [(kind, loop) for loop in loops for kind in kinds]
     results: dict[tuple[str, str], list[tuple[float, float]]] = {c: [] for c in configs}
     for _ in range(args.rounds):  # interleaved, so a noisy moment hits every server
         for config in configs:
@@ -155,7 +171,7 @@ def main() -> None:
         print(f"{kind + ' / ' + loop:22} {best:14,.0f} {cpu:28.2f}")
     for loop in loops:
         ours = statistics.median(us for _, us in results[("sockserve", loop)])
-        for kind in ("streams", "protocol"):
+        for kind in kinds[1:]:
             theirs = statistics.median(us for _, us in results[(kind, loop)])
             print(f"{loop}: sockserve is {theirs / ours:.2f}x {kind} (by server CPU per message)")
 

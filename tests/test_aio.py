@@ -42,7 +42,9 @@ from sockserve.aio import (
     AsyncUnixDatagramServer,
     AsyncUnixStreamServer,
     LineTooLongError,
+    ReadTimeoutError,
     StreamReader,
+    StreamWriter,
 )
 from sockserve.aio.loop import loop_name
 from sockserve.aio.streams import WRITE_HIGH_WATER_BYTES, receive_buffer
@@ -995,6 +997,9 @@ class _FakeTransport(asyncio.Transport):
     def resume_reading(self) -> None:
         self.paused = False
 
+    def is_closing(self) -> bool:
+        return False
+
 
 def _reader_fed(chunks: list[bytes], *, limit: int = 64) -> tuple[StreamReader, Any]:
     loop = asyncio.get_running_loop()
@@ -1079,3 +1084,163 @@ def test_base_handler_is_awaitable_and_orders_its_steps() -> None:
 
     asyncio.run(main())
     assert steps == ["setup", "handle", "finish"]
+
+
+# -- the lean read path: futures completed by the protocol, lazy idle timer ---------------
+
+
+def _reader_on_fake(*, limit: int = 64, timeout: float | None = None) -> StreamReader:
+    reader = StreamReader(asyncio.get_running_loop(), receive_buffer(), limit=limit)
+    reader.timeout = timeout
+    reader.connection_made(_FakeTransport())
+    return reader
+
+
+async def _waiting(read: Any) -> asyncio.Task[Any]:
+    """Start a read as a task and let it run until it waits for data."""
+    task = asyncio.create_task(read)
+    await asyncio.sleep(0)
+    assert not task.done()
+    return task
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_a_waiting_read_gets_the_received_chunk_itself(event_loop: str) -> None:
+    async def main() -> None:
+        reader = _reader_on_fake()
+        chunk = b"exactly one line\n"
+        pending = await _waiting(reader.readline())
+        reader.data_received(chunk)
+        assert await pending is chunk  # no copy on the ping-pong path
+        pending = await _waiting(reader.read(100))
+        reader.data_received(b"some bytes")
+        assert await pending == b"some bytes"
+        pending = await _waiting(reader.read(3))  # a larger chunk: the rest stays buffered
+        reader.data_received(b"abcdef")
+        assert await pending == b"abc"
+        assert await reader.read(10) == b"def"
+        pending = await _waiting(reader.readline())  # two lines in one chunk: one each
+        reader.data_received(b"one\ntwo\n")
+        assert await pending == b"one\n"
+        assert await reader.readline() == b"two\n"
+
+    _run(main(), event_loop)
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_a_line_handed_to_a_read_cancelled_before_it_resumed_is_kept(event_loop: str) -> None:
+    """The timeout race: the line arrives, and the task is cancelled in the same turn."""
+
+    async def main() -> None:
+        reader = _reader_on_fake()
+        for read in (reader.readline(), reader.read(100)):
+            pending = await _waiting(read)
+            reader.data_received(b"just in time\n")
+            pending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+            assert await reader.readline() == b"just in time\n"
+
+    _run(main(), event_loop)
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_a_cancelled_read_leaves_the_data_buffered(event_loop: str) -> None:
+    async def main() -> None:
+        reader = _reader_on_fake()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.readline(), 0.01)
+        reader.data_received(b"late line\n")
+        assert await asyncio.wait_for(reader.readline(), 1) == b"late line\n"
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(5), 0.01)
+        reader.data_received(b"later")
+        assert await reader.read(5) == b"later"
+
+    _run(main(), event_loop)
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_a_waiting_read_sees_a_too_long_line_eof_and_a_lost_connection(event_loop: str) -> None:
+    async def main() -> None:
+        reader = _reader_on_fake(limit=8)
+        pending = await _waiting(reader.readline())
+        reader.data_received(b"far too long for the limit\n")
+        with pytest.raises(LineTooLongError):
+            await pending
+        pending = await _waiting(reader.readline())
+        reader.data_received(b"tail")
+        reader.eof_received()
+        assert await pending == b"tail"
+        assert await reader.readline() == b""
+        assert await reader.read(5) == b""
+        lost = _reader_on_fake()
+        pending = await _waiting(lost.read(5))
+        lost.connection_lost(ConnectionResetError("reset by peer"))
+        with pytest.raises(ConnectionResetError):
+            await pending
+
+    _run(main(), event_loop)
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_idle_timeout_counts_from_the_start_of_each_wait(event_loop: str) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reader = _reader_on_fake(timeout=0.2)
+        for _ in range(5):  # data every 0.1 s for 0.5 s: longer than the timeout in total
+            loop.call_later(0.1, reader.data_received, b"tick\n")
+            assert await reader.readline() == b"tick\n"
+        started = loop.time()
+        with pytest.raises(ReadTimeoutError):
+            await reader.readline()
+        assert 0.15 <= loop.time() - started < 1.0
+
+    _run(main(), event_loop)
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_drain_does_not_suspend_unless_paused(event_loop: str) -> None:
+    async def main() -> None:
+        reader = _reader_on_fake()
+        writer = StreamWriter(reader._transport, reader)
+        assert writer.drain() is writer.drain()  # one done future, no coroutine per call
+        await writer.drain()
+        reader.pause_writing()
+        waiting = asyncio.ensure_future(writer.drain())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        reader.resume_writing()
+        await waiting
+
+    _run(main(), event_loop)
+
+
+def test_stream_errors_live_in_sockserve_errors_and_keep_their_bases() -> None:
+    import sockserve
+    import sockserve.aio
+    import sockserve.aio.streams
+    import sockserve.errors
+
+    for name in ("LineTooLongError", "ReadTimeoutError"):
+        cls = getattr(sockserve.errors, name)
+        assert cls.__module__ == "sockserve.errors"
+        assert getattr(sockserve.aio, name) is cls
+        assert getattr(sockserve.aio.streams, name) is cls
+        assert getattr(sockserve, name) is cls
+        assert issubclass(cls, sockserve.errors.SockserveError)
+    assert issubclass(LineTooLongError, asyncio.LimitOverrunError)
+    assert issubclass(LineTooLongError, ValueError)
+    assert issubclass(ReadTimeoutError, TimeoutError)
+
+
+def test_importing_sockserve_errors_does_not_import_asyncio() -> None:
+    code = (
+        "import sys, sockserve, sockserve.errors\n"
+        "assert 'asyncio' not in sys.modules, 'asyncio imported'\n"
+        "sockserve.errors.ReadTimeoutError\n"
+        "assert 'asyncio' not in sys.modules, 'asyncio imported'\n"
+        "sockserve.errors.LineTooLongError\n"
+        "assert 'asyncio' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

