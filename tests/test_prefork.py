@@ -76,13 +76,25 @@ class Datagram(sockserve.DatagramRequestHandler):
         self.wfile.write(str(os.getpid()).encode())
 
 
+class AsyncStream(sockserve.AsyncStreamRequestHandler):
+    async def handle(self):
+        self.writer.write(f"hello {os.getpid()}\\n".encode())
+        await self.writer.drain()
+        async for line in self.reader:
+            if line.strip() == b"finish":
+                self.writer.write(f"done {os.getpid()}\\n".encode())
+                await self.writer.drain()
+                return
+
+
 def note_boot():
     with open(config["boots"], "a") as boots:
         boots.write(f"{os.getpid()}\\n")
 
 
 BASES = {"tcp": sockserve.TCPServer, "udp": sockserve.UDPServer,
-         "unix": getattr(sockserve, "UnixStreamServer", None)}
+         "unix": getattr(sockserve, "UnixStreamServer", None),
+         "async": sockserve.AsyncTCPServer if config["kind"] == "async" else None}
 MIXINS = (sockserve.ThreadingMixIn,) if config["threads"] else ()
 
 
@@ -121,7 +133,7 @@ def control():
 
 
 address = config["path"] if config["kind"] == "unix" else ("127.0.0.1", 0)
-handler = Datagram if config["kind"] == "udp" else Stream
+handler = {"udp": Datagram, "async": AsyncStream}.get(config["kind"], Stream)
 server = Server(address, handler, **config["settings"])
 say(f"ready {json.dumps(server.server_address)} {MASTER}")
 if config["control"]:
@@ -454,6 +466,23 @@ def test_datagrams_are_served_by_the_workers(start: Callable[..., Master]) -> No
 
 
 @pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs Unix sockets")
+def test_async_workers_each_run_an_event_loop(start: Callable[..., Master]) -> None:
+    """``class S(PreforkMixIn, AsyncTCPServer)``: N processes, one event loop in each."""
+    master = start(kind="async", threads=False, workers=2)
+    pids = set(master.ready_pids(2))
+    # One event loop serves many connections at once: ten held at the same time.
+    clients = [master.connect() for _ in range(10)]
+    assert {client.pid for client in clients} <= pids
+    held = clients.pop()
+    assert [client.finish() for client in clients] == [client.pid for client in clients]
+    master.send(signal.SIGTERM)
+    # A graceful stop lets the request in flight finish.
+    assert held.finish() == held.pid
+    assert_clean_exit(master)
+    for pid in pids:
+        assert_reaped(pid)
+
+
 def test_unix_stream_server(start: Callable[..., Master]) -> None:
     master = start(kind="unix", workers=2)
     pids = set(master.ready_pids(2))
