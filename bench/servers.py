@@ -101,7 +101,15 @@ SOCKSERVE_MODES = (
         kwargs={"workers": 2},
         label="Prefork+Threading(workers=2)",
     ),
+    # event_loop="auto": uvloop where it is installed (as a user gets it), else asyncio's.
     SockserveMode("AsyncTCPServer", handler="async"),
+    # The standard library's loop, to compare with the asyncio peers on the same loop.
+    SockserveMode(
+        "AsyncTCPServer",
+        handler="async",
+        kwargs={"event_loop": "asyncio"},
+        label="AsyncTCPServer(asyncio loop)",
+    ),
 )
 
 
