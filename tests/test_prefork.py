@@ -714,3 +714,48 @@ def test_workers_exit_when_the_master_is_killed(start: Callable[..., Master]) ->
     # and stop gracefully: what they had accepted still completes.
     assert held.finish() == held.pid
     assert master.tree_is_gone(), f"workers {pids} outlived their master"
+
+
+SIGNAL_IN_FORKED_THREAD_CHILD = """
+import os, signal, sys, threading, time
+from sockserve.prefork.worker import run_pending_signal_handlers
+
+def child(ready_fd):
+    got = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    os.write(ready_fd, b"r")
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        sum(range(1000))  # Python code, no system call to interrupt
+        run_pending_signal_handlers()
+    os._exit(0 if got else 1)
+
+def fork_from_this_thread(result):
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        child(write_fd)
+    os.read(read_fd, 1)
+    os.kill(pid, signal.SIGTERM)
+    result.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+
+result = []
+thread = threading.Thread(target=fork_from_this_thread, args=(result,))
+thread.start()
+thread.join()
+sys.exit(result[0])
+"""
+
+
+def test_a_worker_forked_from_a_thread_runs_its_signal_handlers(tmp_path: Path) -> None:
+    """A master serving from a thread: its workers must still obey SIGTERM.
+
+    CPython 3.13.0 does not run a Python signal handler between bytecodes in a process
+    forked from a non-main thread; the worker's loop runs pending handlers itself.
+    """
+    program = tmp_path / "forked_from_thread.py"
+    program.write_text(SIGNAL_IN_FORKED_THREAD_CHILD)
+    result = subprocess.run(
+        [sys.executable, str(program)], capture_output=True, text=True, timeout=WAIT_TIMEOUT
+    )
+    assert result.returncode == 0, f"the handler never ran: {result.stderr}"

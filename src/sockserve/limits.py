@@ -27,6 +27,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from .metrics import ServerStats
+
 log = logging.getLogger("sockserve.limits")
 
 OVERLOAD_POLICIES = ("wait", "reject")
@@ -136,6 +138,17 @@ class ConnectionLimiter:
             lasted = time.monotonic() - self._overloaded_since
             self._overloaded_since = None
             log.info("below %s again after %.1f s", what, lasted)
+
+    def snapshot(self, *, accepted: int, handler_errors: int, accept_errors: int) -> ServerStats:
+        """``stats()`` of a serve loop: its own counters with this limiter's."""
+        return ServerStats(
+            accepted=accepted,
+            active=self.active,
+            peak_active=self.peak,
+            rejected=dict(self.rejected),
+            handler_errors=handler_errors,
+            accept_errors=accept_errors,
+        )
 
     def in_flight(self) -> list[Ticket]:
         with self._lock:

@@ -375,11 +375,8 @@ class ServeLoop:
     # -- stats and drain -----------------------------------------------------------------
 
     def stats(self) -> ServerStats:
-        return ServerStats(
+        return self.limiter.snapshot(
             accepted=self.accepted,
-            active=self.limiter.active,
-            peak_active=self.limiter.peak,
-            rejected=dict(self.limiter.rejected),
             handler_errors=self.handler_errors,
             accept_errors=self.backoff.total_errors,
         )

@@ -113,6 +113,7 @@ class Worker:
         self.served = 0
         self._next_beat = 0.0
         self.pid = os.getpid()
+        self._signal_wakeup: int | None = None
 
     def run(
         self,
@@ -126,6 +127,7 @@ class Worker:
             signal.signal(signum, handler)
         for signum in MASTER_ONLY_SIGNALS:
             signal.signal(signum, _ignore)
+        self._signal_wakeup = _open_signal_wakeup()
         signal.pthread_sigmask(signal.SIG_SETMASK, self.link.signal_mask)
         ask_for_parent_death_signal(signal.SIGTERM)
         if os.getppid() != self.link.master_pid:
@@ -166,6 +168,7 @@ class Worker:
         self._send(BOOT_FAILED + encoded + b"\n")
 
     def _beat(self) -> None:
+        run_pending_signal_handlers()
         if os.getppid() != self.link.master_pid:
             self.begin_stop("the master is gone")
         interval = self.link.beat_interval
@@ -212,12 +215,23 @@ class Worker:
         loop = getattr(server, "_serve_loop", None)
         if loop is not None:
             loop.watch(self.link.master_gone_fd, self._on_master_pipe)
+            if self._signal_wakeup is not None:
+                loop.watch(self._signal_wakeup, self._on_signal_wakeup)
 
     def _count_request(self) -> None:
         self.served += 1
         if self.served == self.link.request_limit:
             self._send(RECYCLING)  # first, so the replacement starts while we finish
             self.begin_stop(f"served max_requests={self.served}")
+
+    def _on_signal_wakeup(self) -> None:
+        assert self._signal_wakeup is not None
+        try:
+            while os.read(self._signal_wakeup, 64):
+                pass
+        except BlockingIOError:
+            pass
+        run_pending_signal_handlers()
 
     def _on_master_pipe(self) -> None:
         try:
@@ -311,3 +325,34 @@ def ask_for_parent_death_signal(signum: int) -> None:
         _libc().prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
     except (OSError, AttributeError):
         pass  # no prctl (a static or exotic libc): the pipe still tells us
+
+
+def run_pending_signal_handlers() -> None:
+    """Run the Python handlers of signals that have arrived, now.
+
+    Normally the interpreter does this between bytecodes by itself. CPython 3.13.0 does
+    not in a process forked from a thread other than the main one (a master serving
+    from a thread, as tests and embedding applications do): a SIGTERM that lands while
+    the worker runs Python code stays unhandled until some system call is interrupted,
+    and the worker never stops (reproduced here: 3.11.7 and 3.12.1 run the handler,
+    3.13.0 does not). ``pthread_sigmask`` checks for pending handlers after its system
+    call, and costs about a microsecond; the loop calls this each turn.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, ())
+
+
+def _open_signal_wakeup() -> int | None:
+    """A pipe the C-level signal handler writes to, so a signal wakes the serve loop.
+
+    Returns its read end (the loop watches it), or None where the platform refuses.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    try:
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    except (ValueError, OSError):  # not the main thread after all, or no such support
+        os.close(read_end)
+        os.close(write_end)
+        return None
+    return read_end
