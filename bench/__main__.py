@@ -79,6 +79,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-docs", action="store_true", help="leave the docs alone")
     parser.add_argument("--list", action="store_true", help="list servers and exit")
     parser.add_argument("--render", type=Path, help="re-render chart and docs from this JSON")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        nargs=2,
+        metavar=("BEFORE", "AFTER"),
+        help="does a rerun agree? AFTER's medians against BEFORE's ranges, as Markdown",
+    )
     args = parser.parse_args(argv)
     args.argv = argv
     return args
@@ -290,6 +297,11 @@ def main(argv: list[str]) -> None:
     args = parse_args(argv)
     if args.list:
         list_servers()
+        return
+    if args.compare:
+        from .compare import compare
+
+        print(compare(*args.compare))
         return
     if args.render:
         import json

@@ -49,7 +49,11 @@ def quick_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     assert results_path.exists(), done.stderr
-    return {"json": json.loads(results_path.read_text()), "stdout": done.stdout}
+    return {
+        "json": json.loads(results_path.read_text()),
+        "stdout": done.stdout,
+        "path": results_path,
+    }
 
 
 @pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 30)
@@ -102,3 +106,22 @@ def test_quick_run_measures_pool_memory(quick_results: dict) -> None:
     assert extra["thread_bound"] is not None
     assert extra["peak_threads"] <= extra["thread_bound"] + 2
     assert "### pool_memory" in quick_results["stdout"]
+
+
+@pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 30)
+def test_compare_says_whether_a_rerun_lies_within_the_ranges(quick_results: dict) -> None:
+    path = str(quick_results["path"])
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--compare", path, path],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| pingpong |")]
+    assert rows, done.stdout
+    assert all(line.endswith("| 1.00× | yes |") for line in rows), done.stdout
+    total = len([line for line in done.stdout.splitlines() if line.endswith(("| yes |", "| no |"))])
+    assert f"{total} of {total} rerun medians lie within" in done.stdout
