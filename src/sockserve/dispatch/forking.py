@@ -51,7 +51,7 @@ class ForkPerRequest:
         self.children.add(pid)
         if on_exit is not None:
             self._on_exit[pid] = on_exit
-        pidfd = _open_pidfd(pid)
+        pidfd = open_pidfd(pid)
         if pidfd is not None:
             self._pidfds[pid] = pidfd
         in_parent()
@@ -115,7 +115,8 @@ class ForkPerRequest:
                 os.close(pidfd)
 
 
-def _open_pidfd(pid: int) -> int | None:
+def open_pidfd(pid: int) -> int | None:
+    """A descriptor readable once ``pid`` exits (Linux 5.3+), so reaping is immediate."""
     opener = getattr(os, "pidfd_open", None)
     if opener is None:
         return None

@@ -31,12 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from ..dispatch.forking import open_pidfd
 from ..errors import SockserveError
 from .process import (
     WorkerProcess,
     describe_exit,
     fork_worker,
-    open_pidfd,
     read_status,
     reap,
     send_signal,

@@ -134,15 +134,3 @@ def describe_exit(exit_code: int) -> str:
         except ValueError:
             return f"killed by signal {-exit_code}"
     return f"exit status {exit_code}"
-
-
-def open_pidfd(pid: int) -> int | None:
-    """A descriptor readable once ``pid`` exits (Linux 5.3+), so reaping is immediate."""
-    opener = getattr(os, "pidfd_open", None)
-    if opener is None:
-        return None
-    try:
-        fd: int = opener(pid)
-    except OSError:
-        return None  # an old kernel, or a seccomp policy that forbids it
-    return fd
