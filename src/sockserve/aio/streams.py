@@ -96,17 +96,6 @@ def _done(loop: asyncio.AbstractEventLoop, result: Any) -> asyncio.Future[Any]:
     return future
 
 
-async def _keep_if_cancelled(reader: StreamReader, waiter: asyncio.Future[bytes]) -> bytes:
-    """Await a read's future; if the task is cancelled after the data was handed to it,
-    the data goes back into the buffer, so a timeout never loses a line."""
-    try:
-        return await waiter
-    except asyncio.CancelledError:
-        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-            reader._unread(waiter.result())
-        raise
-
-
 class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
     """The receiving half of a connection: its transport's protocol and its reader.
 
@@ -290,13 +279,23 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
 
     async def readline(self) -> bytes:
         """One line including ``\\n``; at EOF whatever is left (b"" when nothing)."""
-        return await _keep_if_cancelled(self, self._readline_future())
+        waiter = self._readline_future()
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            self._keep_if_handed_over(waiter)
+            raise
 
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes as soon as any are there (all until EOF when ``n < 0``)."""
         if n < 0:
             return await self._read_all()
-        return await _keep_if_cancelled(self, self._read_future(n))
+        waiter = self._read_future(n)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            self._keep_if_handed_over(waiter)
+            raise
 
     def _readline_future(self) -> asyncio.Future[bytes]:
         if self._buffer or self._eof:
@@ -367,14 +366,19 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         return self
 
     async def __anext__(self) -> bytes:
-        line = await _keep_if_cancelled(self, self._readline_future())
+        waiter = self._readline_future()
+        try:
+            line = await waiter
+        except asyncio.CancelledError:
+            self._keep_if_handed_over(waiter)
+            raise
         if not line:
             raise StopAsyncIteration
         return line
 
     async def _read_all(self) -> bytes:
         blocks = []
-        while block := await _keep_if_cancelled(self, self._read_future(self.limit)):
+        while block := await self.read(self.limit):
             blocks.append(block)
         return b"".join(blocks)
 
@@ -442,9 +446,14 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
                 )
         return waiter
 
-    def _unread(self, data: bytes) -> None:
-        """Put data a cancelled read had been handed back in front of the buffer."""
-        self._buffer[:0] = data
+    def _keep_if_handed_over(self, waiter: asyncio.Future[bytes]) -> None:
+        """The read's task was cancelled after its data was handed over (a timeout firing
+        in that same instant): put the data back in front of the buffer, lose nothing.
+
+        Written out in each read rather than wrapped in a helper coroutine: that would
+        be one more coroutine per message on the ping-pong path."""
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            self._buffer[:0] = waiter.result()
 
     def _check_timeout(self) -> None:
         self._timer = None
