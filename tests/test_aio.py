@@ -19,11 +19,9 @@ import itertools
 import logging
 import os
 import resource
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,13 +49,12 @@ from sockserve.aio.loop import loop_name
 from sockserve.aio.streams import WRITE_HIGH_WATER_BYTES, receive_buffer
 from sockserve.errors import AddressInUseError, ConfigurationError, UnixSocketPathExistsError
 from sockserve.testing import serve_in_thread
+from unix_paths import MAX_UNIX_PATH, short_directory
 
 #: Every client socket's timeout: generous, it only bounds a failing test.
 CLIENT_TIMEOUT = 10.0
 #: How long stopping a server may take in a passing test.
 STOP_TIMEOUT = 5.0
-#: AF_UNIX paths are limited to 108 bytes on Linux.
-MAX_UNIX_PATH = 100
 
 #: Unix socket names are unique across the module (its short directory is shared).
 _UNIX_NAMES = itertools.count()
@@ -202,15 +199,8 @@ class Harness:
 @pytest.fixture(scope="module")
 def short_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A directory for Unix sockets whose paths stay well under the AF_UNIX limit."""
-    directory = tmp_path_factory.mktemp("u")
-    if len(os.fsencode(directory)) <= MAX_UNIX_PATH - 20:
+    with short_directory(tmp_path_factory.mktemp("u")) as directory:
         yield directory
-        return
-    fallback = Path(tempfile.mkdtemp(prefix="sa-"))
-    try:
-        yield fallback
-    finally:
-        shutil.rmtree(fallback, ignore_errors=True)
 
 
 @pytest.fixture

@@ -35,11 +35,9 @@ import inspect
 import itertools
 import os
 import select
-import shutil
 import socket
 import stat
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -53,13 +51,12 @@ import pytest
 import sockserve
 from line_clients import Client, DatagramClient, StreamClient
 from sockserve.testing import serve_in_thread
+from unix_paths import MAX_UNIX_PATH, short_directory
 
 #: Every client socket's timeout: generous, it only bounds a failing test.
 CLIENT_TIMEOUT = 10.0
 #: How long shutdown(), the serving thread and server_close() may take in a passing test.
 STOP_TIMEOUT = 5.0
-#: AF_UNIX paths are limited to 108 bytes on Linux (104 on the BSDs).
-MAX_UNIX_PATH = 100
 
 pytestmark = [
     # Python 3.12+ warns that fork() in a process with threads may deadlock the child.
@@ -476,16 +473,8 @@ class Harness:
 @pytest.fixture
 def short_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A directory for Unix sockets whose paths stay well under the AF_UNIX limit."""
-    directory = tmp_path_factory.mktemp("u")
-    if len(os.fsencode(directory)) <= MAX_UNIX_PATH - 20:
+    with short_directory(tmp_path_factory.mktemp("u")) as directory:
         yield directory
-        return
-    # A long --basetemp: fall back to a short private directory, removed afterwards.
-    fallback = Path(tempfile.mkdtemp(prefix="ss-"))
-    try:
-        yield fallback
-    finally:
-        shutil.rmtree(fallback, ignore_errors=True)
 
 
 @pytest.fixture

@@ -14,9 +14,7 @@ from __future__ import annotations
 import errno
 import gc
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from sockserve.errors import (
     SockserveError,
     UnixSocketPathExistsError,
 )
+from unix_paths import short_directory
 
 #: A name under the reserved ``.invalid`` TLD (RFC 6761): it never resolves. The local
 #: resolver may still be asked; it answers NXDOMAIN, or fails at once when unreachable.
@@ -46,8 +45,6 @@ LEAK_ROUNDS = 200
 #: millisecond, now and then a 5 s resolver retry). A leak shows after a single round
 #: anyway, because the failures are kept alive while the descriptors are counted.
 RESOLVER_LEAK_ROUNDS = 10
-#: AF_UNIX paths are limited to 108 bytes on Linux (104 on the BSDs).
-MAX_UNIX_PATH = 100
 
 needs_unix = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs Unix sockets")
 needs_proc_fd = pytest.mark.skipif(
@@ -80,14 +77,8 @@ def bound_udp_port() -> Iterator[int]:
 @pytest.fixture
 def unix_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory for Unix socket files, short enough for the AF_UNIX path limit."""
-    if len(str(tmp_path / "x.sock")) < MAX_UNIX_PATH:
-        yield tmp_path
-        return
-    short = Path(tempfile.mkdtemp(prefix="ss-"))
-    try:
-        yield short
-    finally:
-        shutil.rmtree(short, ignore_errors=True)
+    with short_directory(tmp_path) as directory:
+        yield directory
 
 
 def make_stale_socket(path: Path) -> None:
