@@ -314,18 +314,10 @@ class ServeLoop:
             return False
         self.backoff.record_success(server.server_address)
         self.accepted += 1
-        try:
-            request, client_address = run_stages(self.stages, request, client_address)
-        except Rejected as why:
-            self.limiter.reject(why.reason)
-            log.info("refused %s: %s", format_address(client_address), why)
-            server.shutdown_request(request)
+        admitted = admit(server, self.limiter, self.stages, request, client_address, log)
+        if admitted is None:
             return True
-        capacity, what = server._capacity()
-        if server.overload_policy == "reject" and not self.limiter.has_room(capacity):
-            self._refuse_overload(server, request, client_address, what)
-            return True
-        ticket = self.limiter.admit(request, client_address)
+        request, client_address, ticket = admitted
         self._handoff.ticket = ticket
         try:
             if server.verify_request(request, client_address):
@@ -354,19 +346,6 @@ class ServeLoop:
             return untracked_ticket()
         self._handoff.ticket = None
         return ticket
-
-    def _refuse_overload(
-        self, server: Server, request: Any, client_address: Any, what: str
-    ) -> None:
-        self.limiter.reject(what)
-        capacity = server._capacity()[0]
-        self.limiter.note_capacity(True, capacity, what, "reject")
-        try:
-            server.handle_overload(request, client_address)
-        except Exception:
-            log.exception("handle_overload() raised for %s", format_address(client_address))
-        finally:
-            server.shutdown_request(request)
 
     def count_handler_error(self) -> None:
         with self._errors_lock:
@@ -424,6 +403,42 @@ class ServeLoop:
             self.backoff.record_failure(exc, server.server_address)
         else:
             log.error("accept() on %s failed", format_address(server.server_address), exc_info=exc)
+
+
+def admit(
+    server: Any,
+    limiter: ConnectionLimiter,
+    stages: list[Stage],
+    request: Any,
+    client_address: Any,
+    logger: logging.Logger,
+) -> tuple[Any, Any, Ticket] | None:
+    """Run the admission stages, then the overload policy, for one accepted request.
+
+    Returns the (possibly rewritten) request and address with the request's ticket, or
+    None when it was refused: then it has been counted, logged on ``logger`` and closed
+    (after ``handle_overload`` for a server at capacity under the "reject" policy).
+    Shared by the synchronous and the async serve loops.
+    """
+    try:
+        request, client_address = run_stages(stages, request, client_address)
+    except Rejected as why:
+        limiter.reject(why.reason)
+        logger.info("refused %s: %s", format_address(client_address), why)
+        server.shutdown_request(request)
+        return None
+    capacity, what = server._capacity()
+    if server.overload_policy == "reject" and not limiter.has_room(capacity):
+        limiter.reject(what)
+        limiter.note_capacity(True, capacity, what, "reject")
+        try:
+            server.handle_overload(request, client_address)
+        except Exception:
+            logger.exception("handle_overload() raised for %s", format_address(client_address))
+        finally:
+            server.shutdown_request(request)
+        return None
+    return request, client_address, limiter.admit(request, client_address)
 
 
 def report_handler_error(server: Server, request: Any, client_address: Any) -> None:

@@ -37,10 +37,10 @@ from functools import partial
 from typing import Any
 
 from ..addresses import format_address
-from ..connection import Rejected, run_stages
 from ..limits import ConnectionLimiter, Ticket
 from ..listeners import TRANSIENT_ACCEPT_ERRNOS, AcceptBackoff
 from ..metrics import DrainReport, ServerStats
+from ..serve_loop import admit
 from .connections import serve_datagram, serve_stream
 from .datagrams import DatagramSender
 from .streams import receive_buffer
@@ -247,20 +247,11 @@ class AsyncServeLoop:
 
     def _admit(self, request: Any, client_address: Any) -> asyncio.Task[None] | bool:
         server = self._server
-        try:
-            request, client_address = run_stages(
-                server._admission_stages(), request, client_address
-            )
-        except Rejected as why:
-            self.limiter.reject(why.reason)
-            log.info("refused %s: %s", format_address(client_address), why)
-            server.shutdown_request(request)
+        stages = server._admission_stages()
+        admitted = admit(server, self.limiter, stages, request, client_address, log)
+        if admitted is None:
             return False
-        capacity, what = server._capacity()
-        if server.overload_policy == "reject" and not self.limiter.has_room(capacity):
-            self._refuse_overload(request, client_address, what)
-            return False
-        ticket = self.limiter.admit(request, client_address)
+        request, client_address, ticket = admitted
         if self._is_stream:
             work = serve_stream(server, request, client_address, self._receive_view)
         else:
@@ -278,17 +269,6 @@ class AsyncServeLoop:
             task.exception()  # retrieved: SystemExit and the like already left the loop
         if ticket is not None:
             ticket.finish()  # the limiter calls _update_listener: room for the next one
-
-    def _refuse_overload(self, request: Any, client_address: Any, what: str) -> None:
-        server = self._server
-        self.limiter.reject(what)
-        self.limiter.note_capacity(True, server._capacity()[0], what, "reject")
-        try:
-            server.handle_overload(request, client_address)
-        except Exception:
-            log.exception("handle_overload() raised for %s", format_address(client_address))
-        finally:
-            server.shutdown_request(request)
 
     def _back_off(self, exc: OSError) -> None:
         assert self._loop is not None
