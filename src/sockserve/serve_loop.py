@@ -447,14 +447,23 @@ def report_handler_error(server: Server, request: Any, client_address: Any) -> N
     if isinstance(loop, ServeLoop):
         loop.count_handler_error()
     try:
+        call_handle_error(server, request, client_address, log)
+    finally:
+        server.shutdown_request(request)
+
+
+def call_handle_error(
+    server: Any, request: Any, client_address: Any, logger: logging.Logger
+) -> None:
+    """Give the current exception to ``handle_error``; if that raises too, log it on
+    ``logger`` instead of letting it end the loop or the connection's task."""
+    try:
         server.handle_error(request, client_address)
     except Exception:
-        log.exception(
+        logger.exception(
             "handle_error() itself raised while reporting an error for %s",
             format_address(client_address),
         )
-    finally:
-        server.shutdown_request(request)
 
 
 def _make_listener_nonblocking(server: Server) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..addresses import format_address
 from ..errors import LineTooLongError, ReadTimeoutError
+from ..serve_loop import call_handle_error
 from .handlers import AsyncBaseRequestHandler
 from .streams import StreamReader, StreamWriter
 
@@ -183,10 +184,4 @@ def report_ending(server: Any, exc: Exception, request: Any, client_address: Any
 def report_error(server: Any, request: Any, client_address: Any) -> None:
     """Give the current exception to ``handle_error``; log it if that raises too."""
     server._count_handler_error()
-    try:
-        server.handle_error(request, client_address)
-    except Exception:
-        log.exception(
-            "handle_error() itself raised while reporting an error for %s",
-            format_address(client_address),
-        )
+    call_handle_error(server, request, client_address, log)
