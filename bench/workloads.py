@@ -91,6 +91,40 @@ class Measurement:
     latency_us: dict[str, float | None] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(
+        cls,
+        *,
+        units: float,
+        seconds: float,
+        server_cpu_s: float,
+        loadgen_cpu_s: float,
+        busy_s: float,
+        sample: TreeSample,
+        **details: Any,
+    ) -> Measurement:
+        """A run from what was counted: rate, CPU per unit and CPU shares derived here.
+
+        ``busy_s``: the pinned cores' busy time over the window; what neither the server
+        nor the load generator used of it is the "other" share. ``sample``: the server
+        tree's memory and thread counts to report.
+        """
+        other_s = busy_s - server_cpu_s - loadgen_cpu_s
+        return cls(
+            rate=units / seconds,
+            units=units,
+            seconds=seconds,
+            server_cpu_s=server_cpu_s,
+            cpu_us_per_unit=server_cpu_s * 1e6 / units if units else None,
+            server_cpu_share=server_cpu_s / seconds,
+            loadgen_cpu_share=loadgen_cpu_s / seconds,
+            other_cpu_share=max(0.0, other_s / seconds),
+            rss_mib=sample.rss_bytes / MIB,
+            threads=sample.threads,
+            processes=sample.processes,
+            **details,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -144,20 +178,13 @@ def _measure(
     start, end = samples["start"], samples["end"]
     seconds = float(result["seconds"])
     units = result["bytes"] / 1e6 if per_mb else float(result["requests"])
-    cpu_s = end.cpu_s - start.cpu_s
-    other_s = busy["end"] - busy["start"] - cpu_s - result["loadgen_cpu_s"]
-    return Measurement(
-        rate=units / seconds,
+    return Measurement.of(
         units=units,
         seconds=seconds,
-        server_cpu_s=cpu_s,
-        cpu_us_per_unit=cpu_s * 1e6 / units if units else None,
-        server_cpu_share=cpu_s / seconds,
-        loadgen_cpu_share=result["loadgen_cpu_s"] / seconds,
-        other_cpu_share=max(0.0, other_s / seconds),
-        rss_mib=end.rss_bytes / MIB,
-        threads=end.threads,
-        processes=end.processes,
+        server_cpu_s=end.cpu_s - start.cpu_s,
+        loadgen_cpu_s=result["loadgen_cpu_s"],
+        busy_s=busy["end"] - busy["start"],
+        sample=end,
         errors=int(result["errors"]),
         stalled_conns=int(result["stalled_conns"]),
         latency_us=result["latency_us"],
@@ -293,19 +320,13 @@ def run_http(server: ServerProcess, settings: Settings) -> Measurement:
     non_2xx = _WRK_NON_2XX.search(output)
     errors = sum(map(int, socket_errors.groups())) if socket_errors else 0
     errors += int(non_2xx.group(1)) if non_2xx else 0
-    cpu_s = after.cpu_s - before.cpu_s
-    return Measurement(
-        rate=requests / elapsed,
+    return Measurement.of(
         units=requests,
         seconds=elapsed,
-        server_cpu_s=cpu_s,
-        cpu_us_per_unit=cpu_s * 1e6 / requests if requests else None,
-        server_cpu_share=cpu_s / elapsed,
-        loadgen_cpu_share=wrk_cpu_s / elapsed,
-        other_cpu_share=max(0.0, (busy_after - busy_before - cpu_s - wrk_cpu_s) / elapsed),
-        rss_mib=middle.rss_bytes / MIB,
-        threads=middle.threads,
-        processes=middle.processes,
+        server_cpu_s=after.cpu_s - before.cpu_s,
+        loadgen_cpu_s=wrk_cpu_s,
+        busy_s=busy_after - busy_before,
+        sample=middle,
         errors=errors,
         latency_us=latency,
     )
@@ -495,18 +516,13 @@ def run_pool_memory(server: ServerProcess, settings: Settings) -> Measurement:
     client_cpu_s = float(result["client_cpu_s"])
     held = int(hold.get("connected", 0))
     grown = hold_sample.rss_bytes - idle.rss_bytes
-    return Measurement(
-        rate=served / seconds,
+    return Measurement.of(
         units=served,
         seconds=seconds,
         server_cpu_s=cpu_s,
-        cpu_us_per_unit=cpu_s * 1e6 / served if served else None,
-        server_cpu_share=cpu_s / seconds,
-        loadgen_cpu_share=client_cpu_s / seconds,
-        other_cpu_share=max(0.0, (busy_after - busy_before - cpu_s - client_cpu_s) / seconds),
-        rss_mib=hold_sample.rss_bytes / MIB,
-        threads=hold_sample.threads,
-        processes=hold_sample.processes,
+        loadgen_cpu_s=client_cpu_s,
+        busy_s=busy_after - busy_before,
+        sample=hold_sample,
         errors=int(result["errors"]) + int(result["dropped"]),
         stalled_conns=int(result["unserved"]),
         latency_us={
