@@ -28,6 +28,7 @@ from typing import IO
 import pytest
 
 import sockserve
+from loopback import has_ipv6_loopback
 
 #: How long the command may take to start and print its ready line (a loaded CI machine
 #: can take seconds to start Python); it only bounds a failing test.
@@ -298,15 +299,6 @@ def test_signal_as_soon_as_the_ready_line_appears_exits_zero(tmp_path: Path, sig
     finally:
         for command in commands:
             command.kill()
-
-
-def has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (cannot bind ::1)")

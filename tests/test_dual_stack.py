@@ -20,21 +20,11 @@ from typing import Any
 import pytest
 
 import sockserve
+from loopback import has_ipv6_loopback
 from sockserve.testing import serve_in_thread
 
 #: Every client socket's timeout: generous, it only bounds a failing test.
 CLIENT_TIMEOUT = 10.0
-
-
-def has_ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 pytestmark = [
