@@ -114,6 +114,7 @@ class Worker:
         self._next_beat = 0.0
         self.pid = os.getpid()
         self._signal_wakeup: int | None = None
+        self._signal_watcher: Any = None  # the serve loop that watches _signal_wakeup
 
     def run(
         self,
@@ -168,7 +169,11 @@ class Worker:
         self._send(BOOT_FAILED + encoded + b"\n")
 
     def _beat(self) -> None:
-        run_pending_signal_handlers()
+        watcher = self._signal_watcher
+        if watcher is None or not watcher.is_running:
+            # Nothing wakes on the signal pipe (an async server runs its own event loop):
+            # look for pending handlers at least once per turn.
+            run_pending_signal_handlers()
         if os.getppid() != self.link.master_pid:
             self.begin_stop("the master is gone")
         interval = self.link.beat_interval
@@ -217,6 +222,7 @@ class Worker:
             loop.watch(self.link.master_gone_fd, self._on_master_pipe)
             if self._signal_wakeup is not None:
                 loop.watch(self._signal_wakeup, self._on_signal_wakeup)
+                self._signal_watcher = loop
 
     def _count_request(self) -> None:
         self.served += 1
@@ -336,7 +342,8 @@ def run_pending_signal_handlers() -> None:
     the worker runs Python code stays unhandled until some system call is interrupted,
     and the worker never stops (reproduced here: 3.11.7 and 3.12.1 run the handler,
     3.13.0 does not). ``pthread_sigmask`` checks for pending handlers after its system
-    call, and costs about a microsecond; the loop calls this each turn.
+    call. The synchronous loop calls this when the signal pipe wakes it; a loop that
+    does not watch that pipe calls it every turn.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, ())
 
