@@ -137,8 +137,10 @@ class ThreadingMixIn:
     def server_close(self) -> None:
         if _replies_use_listener(self):
             self._threads.join()
-        super().server_close()  # type: ignore[misc]
-        self._threads.join()
+            super().server_close()  # type: ignore[misc]
+        else:
+            super().server_close()  # type: ignore[misc]
+            self._threads.join()
 
 
 class ThreadPoolMixIn:
@@ -209,12 +211,16 @@ class ThreadPoolMixIn:
         return self._pool.queue_depth, self._pool.workers_alive
 
     def server_close(self) -> None:
-        wait = self.block_on_close and not self.daemon_threads
-        if _replies_use_listener(self) and "_thread_pool" in vars(self):
-            self._pool.close(wait=wait)
-        super().server_close()  # type: ignore[misc]
+        if _replies_use_listener(self):
+            self._close_pool()
+            super().server_close()  # type: ignore[misc]
+        else:
+            super().server_close()  # type: ignore[misc]
+            self._close_pool()
+
+    def _close_pool(self) -> None:
         if "_thread_pool" in vars(self):
-            self._pool.close(wait=wait)
+            self._pool.close(wait=self.block_on_close and not self.daemon_threads)
 
 
 if hasattr(os, "fork"):
