@@ -15,8 +15,9 @@ are measured in one run, interleaved, on the same noisy machine.
 
 Servers: ``sockserve`` (AsyncTCPServer + AsyncStreamRequestHandler, readline/write/drain),
 ``streams`` (asyncio.start_server, the same loop body), ``protocol`` (an asyncio.Protocol
-whose data_received writes back: no task, no await), each on uvloop (if installed) and on
-the stdlib loop.
+whose data_received writes back: no task, no await), ``floor`` (the least an awaiting
+handler can cost: a coroutine resumed by data_received with the chunk itself, no task,
+future, reader or line parsing), each on uvloop (if installed) and on the stdlib loop.
 """
 
 from __future__ import annotations
@@ -45,6 +46,25 @@ class EchoProtocol(asyncio.Protocol):
     def data_received(self, data):
         self.transport.write(data)
 
+class _NextChunk:
+    __slots__ = ()
+    def __await__(self):
+        return (yield self)
+
+NEXT_CHUNK = _NextChunk()
+
+class FloorProtocol(asyncio.Protocol):
+    # The least an awaiting handler can cost: data_received resumes the coroutine with
+    # the chunk itself; no task, no future, no reader, no line parsing, no drain.
+    def connection_made(self, transport):
+        self.resume = self.handler(transport.write).send
+        self.resume(None)
+    async def handler(self, write):
+        while True:
+            write(await NEXT_CHUNK)
+    def data_received(self, data):
+        self.resume(data)
+
 async def echo_streams(reader, writer):
     while line := await reader.readline():
         writer.write(line)
@@ -55,6 +75,8 @@ async def bare():
     loop = asyncio.get_running_loop()
     if kind == "streams":
         server = await asyncio.start_server(echo_streams, "127.0.0.1", 0)
+    elif kind == "floor":
+        server = await loop.create_server(FloorProtocol, "127.0.0.1", 0)
     else:
         server = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
     print(server.sockets[0].getsockname()[1], flush=True)
@@ -156,7 +178,7 @@ def main() -> None:
     loops = ["uvloop", "asyncio"] if importlib.util.find_spec("uvloop") else ["asyncio"]
     if args.loops:
         loops = [loop for loop in loops if loop in args.loops.split(",")]
-    kinds = ["sockserve", "streams", "protocol"]
+    kinds = ["sockserve", "streams", "protocol", "floor"]
     if args.baseline:
         kinds.insert(1, "sockserve@base")
     configs = [(kind, loop) for loop in loops for kind in kinds]

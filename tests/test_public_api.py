@@ -517,7 +517,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("prefork",),
     # The async mode is a second facade over the same listener and admission stages,
     # layered like the synchronous path inside.
-    ("aio.loop", "aio.watchdog", "aio.streams", "aio.datagrams"),
+    ("aio.loop", "aio.watchdog", "aio.streams", "aio.inline", "aio.datagrams"),
     ("aio.handlers", "aio.connections"),
     ("aio.serve_loop",),
     ("aio.servers",),

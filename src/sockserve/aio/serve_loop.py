@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import os
 import socket
@@ -252,12 +253,15 @@ class AsyncServeLoop:
         if admitted is None:
             return False
         request, client_address, ticket = admitted
+        # The task's own context, given to serve_stream too: it resumes the handler in
+        # it from the reader's callbacks (aio/inline.py).
+        context = contextvars.copy_context()
         if self._is_stream:
-            work = serve_stream(server, request, client_address, self._receive_view)
+            work = serve_stream(server, request, client_address, self._receive_view, context)
         else:
             work = serve_datagram(server, request, client_address)
         assert self._loop is not None
-        task = self._loop.create_task(work)
+        task = self._loop.create_task(work, context=context)
         ticket.aborter = partial(_cancel, task)
         self._requests[task] = ticket
         task.add_done_callback(self._request_done)

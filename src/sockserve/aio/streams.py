@@ -6,8 +6,8 @@ mmap/mremap/munmap each time: about 27 µs of server CPU per 64-byte echo, measu
 and reaches the reader through two more layers, and every read is a coroutine that
 creates a future, wakes, and re-parses its buffer. Here the reader *is* the protocol, and
 the per-message path of a ping-pong handler (``await readline()``, ``write``,
-``await drain()``) is cut to what a task-based handler cannot avoid: one future per wait
-and one task wake-up.
+``await drain()``) is cut to one future per wait: the handler is resumed from these
+callbacks, not by its task (``inline.py``; the reader calls ``_resume_handler``).
 
 * The stdlib loop reads into one receive buffer shared by the server's connections
   (``BufferedProtocol``, ``recv_into``); uvloop hands ``data_received`` a bytes object of
@@ -44,9 +44,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LineTooLongError, ReadTimeoutError
+
+if TYPE_CHECKING:
+    from .inline import InlineDriver
 
 __all__ = [
     "DEFAULT_LINE_LIMIT",
@@ -141,6 +144,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         "_closed",
         "_ready",
         "_create_future",
+        "_driver",
     )
 
     def __init__(
@@ -173,6 +177,9 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         #: connection, awaited again and again (awaiting a done future never suspends).
         self._ready: asyncio.Future[None] = _done(loop, None)
         self._create_future = loop.create_future
+        #: Resumes the handler when a read it waits in completes (``inline.py``), if the
+        #: connection's task runs the handler through one.
+        self._driver: InlineDriver | None = None
 
     # -- the protocol: called by the transport ----------------------------------------
 
@@ -198,16 +205,22 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
                     self._waiter = None
                     try:
                         waiter.set_result(data)
-                        return
                     except asyncio.InvalidStateError:  # the read was cancelled: keep it
                         pass
+                    else:
+                        if self._driver is not None:
+                            self._driver.resume_inline(waiter)
+                        return
             elif want == _SOME and len(data) <= self._want_size:
                 self._waiter = None
                 try:
                     waiter.set_result(data)
-                    return
                 except asyncio.InvalidStateError:
                     pass
+                else:
+                    if self._driver is not None:
+                        self._driver.resume_inline(waiter)
+                    return
         buffer += data
         if self._waiter is not None:
             self._serve_waiter()
@@ -228,13 +241,14 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._serve_waiter()
         for waiter in self._drain_waiters:
             if not waiter.done():
                 waiter.set_exception(exc or ConnectionResetError("Connection lost"))
         self._drain_waiters.clear()
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
+        # Last: the handler may be resumed right here, and must see the state above.
+        self._serve_waiter()
 
     def pause_writing(self) -> None:
         self._is_writing_paused = True
@@ -262,11 +276,17 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             except BaseException as exc:
                 self._waiter = None
                 waiter.set_exception(exc)
+                self._resume_handler(waiter)
                 return
             if result is None:
                 return  # not yet: keep waiting
         self._waiter = None
         waiter.set_result(result)
+        self._resume_handler(waiter)
+
+    def _resume_handler(self, read: asyncio.Future[Any]) -> None:
+        if self._driver is not None:
+            self._driver.resume_inline(read)
 
     # -- the reader: called by the handler --------------------------------------------
 
@@ -279,7 +299,19 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
 
     async def readline(self) -> bytes:
         """One line including ``\\n``; at EOF whatever is left (b"" when nothing)."""
-        waiter = self._readline_future()
+        waiter: asyncio.Future[bytes]
+        if (
+            self._waiter is None
+            and not self._buffer
+            and not self._eof
+            and self.timeout is None
+            and not self._is_reading_paused
+        ):
+            # every ping-pong message's read: wait for the line (_readline_future inlined)
+            waiter = self._waiter = self._create_future()
+            self._want = _LINE
+        else:
+            waiter = self._readline_future()
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -290,7 +322,21 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         """Up to ``n`` bytes as soon as any are there (all until EOF when ``n < 0``)."""
         if n < 0:
             return await self._read_all()
-        waiter = self._read_future(n)
+        waiter: asyncio.Future[bytes]
+        if (
+            self._waiter is None
+            and n > 0
+            and not self._buffer
+            and not self._eof
+            and self.timeout is None
+            and not self._is_reading_paused
+        ):
+            # as in readline(): _read_future inlined
+            waiter = self._waiter = self._create_future()
+            self._want = _SOME
+            self._want_size = n
+        else:
+            waiter = self._read_future(n)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -302,21 +348,10 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             line = self._line_now()
             if line is not None:
                 return _done(self._loop, line)
-        if self._waiter is None and self.timeout is None and not self._is_reading_paused:
-            # _wait() inlined: this is every ping-pong message's read
-            waiter = self._waiter = self._create_future()
-            self._want = _LINE
-            return waiter
         return self._wait(_LINE, 0)
 
     def _read_future(self, n: int) -> asyncio.Future[bytes]:
         if n > 0 and not self._buffer and not self._eof:
-            if self._waiter is None and self.timeout is None and not self._is_reading_paused:
-                # _wait() inlined, as in readline()
-                waiter = self._waiter = self._create_future()
-                self._want = _SOME
-                self._want_size = n
-                return waiter
             return self._wait(_SOME, n)
         if n == 0:
             return _done(self._loop, b"")
@@ -465,6 +500,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         if self._loop.time() + _TIMER_SLACK_SECONDS >= deadline:
             self._waiter = None
             waiter.set_exception(ReadTimeoutError(f"no data for {timeout} s"))
+            self._resume_handler(waiter)
         else:  # the read that timer was for got its data; this one started later
             self._timer = self._loop.call_at(deadline, self._check_timeout)
 
