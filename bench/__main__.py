@@ -190,35 +190,59 @@ def make_plan(args: argparse.Namespace) -> Plan:
     return plan
 
 
-def measure_workload(
-    name: str, servers: list[str], settings: Settings, repeats: int, progress: Progress
-) -> dict[str, dict[str, Any]]:
-    """Every repeat of one workload: per server, its runs, failures and notes."""
-    workload = WORKLOADS[name]
-    entries: dict[str, dict[str, Any]] = {
-        server: {"runs": [], "failures": [], "note": SERVERS_BY_NAME[server].note}
-        for server in servers
+def measure_all(
+    plan: Plan, settings: Settings, repeats: int, progress: Progress
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every repeat of every workload: per workload and server, its runs and failures.
+
+    Repeat *k* of everything runs before repeat *k+1* of anything, so each figure's
+    repeats are spread over the whole run, minutes apart: its range then covers the
+    machine's drift during the run (CPU frequency, neighbours), not just the noise of a
+    few seconds, and a rerun an hour later lands inside it far more often. Each run is
+    tagged with its repeat, so a figure can be divided by the C server's figure of the
+    same repeat (``report.add_ratios``).
+    """
+    entries = {
+        name: {
+            server: {"runs": [], "failures": [], "note": SERVERS_BY_NAME[server].note}
+            for server in servers
+        }
+        for name, servers in plan.work
     }
     for repeat in range(repeats):
-        for server, entry in entries.items():
-            progress.step(f"{name} {server} #{repeat + 1}")
-            if entry.get("not_repeated"):
-                continue
-            spec = SERVERS_BY_NAME[server]
-            placed = workload.layout(spec, settings)
-            try:
-                with ServerProcess(spec, cores=placed.server_cores, host=placed.host) as process:
-                    measurement = workload.run(process, placed)
-            except (ServerError, LoadgenError, BuildError, OSError) as exc:
-                entry["failures"].append(f"failed: {exc}")
-                entry["not_repeated"] = "not repeated after a failure"
-                progress.note(f"bench: {name} {server}: {exc}")
-                continue
-            entry["runs"].append(measurement.to_json())
-            if measurement.rate == 0:
-                # A server that served nothing will serve nothing again: save the time.
-                entry["not_repeated"] = "served nothing, so not repeated"
+        for name, servers in plan.work:
+            for server in servers:
+                progress.step(f"{name} {server} #{repeat + 1}")
+                measure_once(name, server, entries[name][server], settings, repeat, progress)
     return entries
+
+
+def measure_once(
+    name: str,
+    server: str,
+    entry: dict[str, Any],
+    settings: Settings,
+    repeat: int,
+    progress: Progress,
+) -> None:
+    """One run of ``server`` under workload ``name``, appended to ``entry``."""
+    if entry.get("not_repeated"):
+        return
+    workload = WORKLOADS[name]
+    spec = SERVERS_BY_NAME[server]
+    placed = workload.layout(spec, settings)
+    try:
+        with ServerProcess(spec, cores=placed.server_cores, host=placed.host) as process:
+            measurement = workload.run(process, placed)
+    except (ServerError, LoadgenError, BuildError, OSError) as exc:
+        entry["failures"].append(f"failed: {exc}")
+        entry["not_repeated"] = "not repeated after a failure"
+        progress.note(f"bench: {name} {server}: {exc}")
+        return
+    entry["runs"].append({**measurement.to_json(), "repeat": repeat})
+    if measurement.rate == 0:
+        # A server that served nothing will serve nothing again: save the time.
+        entry["not_repeated"] = "served nothing, so not repeated"
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
@@ -252,7 +276,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "workloads": {},
     }
     started = time.monotonic()
-    for name, servers in plan.work:
+    measured = measure_all(plan, settings, repeats, progress)
+    for name, _ in plan.work:
         workload = WORKLOADS[name]
         results["workloads"][name] = {
             "protocol": workload.protocol,
@@ -260,7 +285,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "cpu_unit": workload.cpu_unit,
             "table": workload.table,
             "description": workload.describe(settings),
-            "servers": measure_workload(name, servers, settings, repeats, progress),
+            "servers": measured[name],
         }
     progress.done()
     results["elapsed_s"] = time.monotonic() - started

@@ -77,9 +77,29 @@ def add_ratios(workload: dict[str, Any], baseline: str, ceiling: str) -> None:
     servers = workload["servers"]
     base = servers.get(baseline, {}).get("summary")
     top = servers.get(ceiling, {}).get("summary")
+    ceiling_runs = servers.get(ceiling, {}).get("runs", [])
     for entry in servers.values():
         entry["vs_baseline"] = ratios(entry["summary"], base)
         entry["vs_ceiling"] = ratios(entry["summary"], top)
+        entry["share_of_ceiling"] = share_of_ceiling(entry.get("runs", []), ceiling_runs)
+
+
+def share_of_ceiling(runs: list[dict[str, Any]], ceiling_runs: list[dict[str, Any]]) -> Any:
+    """Rate / the C server's rate *in the same repeat*: median and range over repeats.
+
+    The machine's drift moves a whole repeat (the C server's rate too), so this share
+    varies less between runs than the rates do. Runs without a ``repeat`` tag (results
+    from before it existed) pair by position. None when there is nothing to pair.
+    """
+    top = {run.get("repeat", index): run["rate"] for index, run in enumerate(ceiling_runs)}
+    shares = []
+    for index, run in enumerate(runs):
+        ceiling_rate = top.get(run.get("repeat", index))
+        if ceiling_rate:
+            shares.append(run["rate"] / ceiling_rate)
+    if not shares:
+        return None
+    return {"median": statistics.median(shares), "min": min(shares), "max": max(shares)}
 
 
 #: Server groups that run socketserver's model (the code sockserve replaces or is).
