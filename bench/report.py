@@ -15,6 +15,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from .reproducibility import add_rerun_intervals
+
 MARK_BEGIN = "<!-- bench:results:begin -->"
 MARK_END = "<!-- bench:results:end -->"
 #: The pre-fork scaling and pool-memory figures have a section of their own, so a run of
@@ -175,6 +177,7 @@ def derive(results: dict[str, Any]) -> None:
             entry["summary"] = summarize(entry["runs"])
         protocol = workload["protocol"]
         add_ratios(workload, results["baseline"][protocol], results["ceiling"][protocol])
+        add_rerun_intervals(workload)
         if workload.get("table") == "prefork_scaling":
             add_scaling_ratios(workload)
     results["loadgen_headroom"] = loadgen_headroom(results)
@@ -260,24 +263,31 @@ def render_workload(name: str, workload: dict[str, Any], settings: dict[str, Any
     lines = [
         f"### {name}: {workload['description']}",
         "",
-        f"| server | {unit} | range | × stdlib | × C | {cpu_header} | × stdlib | × C "
+        f"| server | {unit} | range | rerun 95% | × stdlib | × C | {cpu_header} | × stdlib | × C "
         "| p50 µs | p99 µs | p99.9 µs | RSS MiB | threads/procs | CPU: server / load gen / other "
         "| notes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     conns = settings["idle_active"] if name == "idle" else settings["conns"]
     for server, entry in workload["servers"].items():
         summary = entry["summary"]
         if summary is None:
-            lines.append(f"| {server} |" + " – |" * 13 + f" {_notes(entry, conns)} |")
+            lines.append(f"| {server} |" + " – |" * 14 + f" {_notes(entry, conns)} |")
             continue
         base, top = entry["vs_baseline"], entry["vs_ceiling"]
         spread = f"{_number(summary['rate_min'], unit)}–{_number(summary['rate_max'], unit)}"
         threads = f"{summary['threads']:,.0f}/{summary['processes']:,.0f}"
+        interval = entry.get("rerun_interval")
+        rerun = (
+            f"{_number(interval['low'], unit)}–{_number(interval['high'], unit)}"
+            if interval
+            else "–"
+        )
         cells = [
             server,
             _number(summary["rate"], unit),
             spread,
+            rerun,
             _ratio(base.get("rate")),
             _ratio(top.get("rate")),
             _number(summary["cpu_us_per_unit"]),
@@ -388,7 +398,9 @@ def render_machine(results: dict[str, Any]) -> str:
             f"- **Tools:** {m['compiler']}; {m['wrk'] or 'no wrk'}; {packages}; "
             f"sockserve at {m['sockserve_commit']}",
             f"- **Method:** {pins}; {s['repeats']} repeat(s) of {s['duration_s']} s after "
-            f"{s['warmup_s']} s warm-up; median shown, range is min–max over the repeats",
+            f"{s['warmup_s']} s warm-up, repeats spread over the whole run; median shown, "
+            "range is min–max over the repeats, *rerun 95%* is where a rerun's median "
+            "should land (pooled over the workload's servers; `bench/reproducibility.py`)",
             f"- **Load average** (1/5/15 min) at start {load['start']}, at end {load['end']}",
         ]
     )
