@@ -503,21 +503,27 @@ def test_active_children_before_and_after_a_fork() -> None:
 #: module must be given its place.
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "addresses", "metrics"),
-    ("listeners",),
-    ("connection", "limits"),
+    ("listeners", "sockets"),
+    ("connection", "limits", "admission"),
     ("dispatch", "dispatch.*"),
-    ("handlers",),
-    ("serve_loop",),
+    ("handlers", "handler_errors"),
+    ("serve_loop", "loop_threads"),
     ("servers",),
     ("mixins",),
     # The pre-fork pool: worker side, process plumbing, the supervising master, the mixin.
     ("prefork.worker",),
-    ("prefork.process",),
+    (
+        "prefork.process",
+        "prefork.actions",
+        "prefork.backoff",
+        "prefork.deadlines",
+        "prefork.status",
+    ),
     ("prefork.master",),
     ("prefork",),
     # The async mode is a second facade over the same listener and admission stages,
     # layered like the synchronous path inside.
-    ("aio.loop", "aio.watchdog", "aio.streams", "aio.inline", "aio.datagrams"),
+    ("aio.loop", "aio.watchdog", "aio.streams", "aio.writer", "aio.inline", "aio.datagrams"),
     ("aio.handlers", "aio.connections"),
     ("aio.serve_loop",),
     ("aio.servers",),

@@ -6,40 +6,40 @@ How it works
     wakes at once instead of at the next ``poll_interval`` tick; ``poll_interval`` only
     paces ``service_actions()``. When the listener is readable the loop accepts a batch
     of pending connections (adapting its size, up to ``ACCEPT_BATCH``), and each one
-    goes: ``get_request`` → admission stages (``connection.py``) → ``verify_request`` →
+    goes: ``get_request`` → admission (``admission.py``) → ``verify_request`` →
     ``process_request`` (which hands the work to the dispatch strategy) → handler.
 
 Threads
-    Several threads may run ``serve_forever`` on one server at once (the classic
-    "pre-allocated pool" recipe). The listening descriptor is non-blocking, so the threads
-    that lose an accept race go back to waiting instead of blocking inside accept().
-    A stop request is seen by every loop; the last one out clears it.
+    Several threads may run ``serve_forever`` on one server at once. Which ones, how they
+    are woken and how they stop is ``loop_threads.py``, the base of ``ServeLoop``.
 
 Error handling
     An accept error never escapes and never spins: ``listeners.py`` names the policy.
     A handler exception goes to ``handle_error`` and the request is closed even if
     ``handle_error`` itself raises (that is logged, and the loop goes on).
-
-The stdlib's private names ``_BaseServer__shutdown_request`` and
-``_BaseServer__is_shut_down`` remain the flag and the event, because real code sets the
-first to stop a loop without waiting and waits on the second.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import selectors
-import socket
 import threading
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from .addresses import format_address
-from .connection import Rejected, Stage, run_stages
+from .admission import admit
+from .connection import Stage
+from .handler_errors import call_handle_error
 from .limits import ConnectionLimiter, Ticket, untracked_ticket
 from .listeners import CAPACITY_ACCEPT_ERRNOS, TRANSIENT_ACCEPT_ERRNOS, AcceptBackoff
+from .loop_threads import (
+    STOP_FLAG,
+    STOPPED_EVENT,
+    LoopThreads,
+    discard_wakeups,
+    make_listener_nonblocking,
+)
 from .metrics import DrainReport, ServerStats
 
 log = logging.getLogger("sockserve.serve_loop")
@@ -59,9 +59,6 @@ ACCEPT_BATCH = 64
 _ServerSelector: type[selectors.BaseSelector] = getattr(
     selectors, "PollSelector", selectors.SelectSelector
 )
-
-_STOP_FLAG = "_BaseServer__shutdown_request"
-_STOPPED_EVENT = "_BaseServer__is_shut_down"
 
 
 class Server(Protocol):
@@ -86,13 +83,11 @@ class Server(Protocol):
     def _handle_request_noblock(self) -> Any: ...
 
 
-class ServeLoop:
+class ServeLoop(LoopThreads):
     """Runtime state of one server's loops: who is running, how to wake them, back-off."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop_threads: set[int] = set()
-        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        super().__init__()
         self.backoff = AcceptBackoff()
         self.stages: list[Stage] = []
         self.accepted = 0
@@ -102,40 +97,9 @@ class ServeLoop:
         self._is_waiting_for_room = False
         self._errors_lock = threading.Lock()
         self.handler_errors = 0
-        self._watches: dict[int, Callable[[], None]] = {}
         self._batch = 1
-        self._watch_generation = 0
 
-    @property
-    def is_running(self) -> bool:
-        return bool(self._loop_threads)
-
-    def watch(self, fd: int, callback: Callable[[], None]) -> None:
-        """Call ``callback`` on a loop thread whenever ``fd`` is readable (until unwatched).
-
-        Strategies use it for events that only a descriptor announces, such as a forked
-        child's exit. Call it from a loop thread; unwatch before closing ``fd``.
-        """
-        with self._lock:
-            self._watches[fd] = callback
-            self._watch_generation += 1
-
-    def unwatch(self, fd: int) -> None:
-        with self._lock:
-            if self._watches.pop(fd, None) is not None:
-                self._watch_generation += 1
-
-    def _sync_watches(self, selector: selectors.BaseSelector, watched: set[int]) -> None:
-        with self._lock:
-            wanted = set(self._watches)
-        for fd in watched - wanted:
-            selector.unregister(fd)
-        for fd in wanted - watched:
-            selector.register(fd, selectors.EVENT_READ, fd)
-        watched.clear()
-        watched.update(wanted)
-
-    # -- serve_forever / shutdown --------------------------------------------------------
+    # -- serve_forever -------------------------------------------------------------------
 
     def serve_forever(self, server: Server, poll_interval: float) -> None:
         if not self._enter(server):
@@ -149,7 +113,7 @@ class ServeLoop:
                 listener_registered = True
                 watched: set[int] = set()
                 synced_generation = -1
-                while not getattr(server, _STOP_FLAG):
+                while not getattr(server, STOP_FLAG):
                     if synced_generation != self._watch_generation:
                         synced_generation = self._watch_generation
                         self._sync_watches(selector, watched)
@@ -166,13 +130,13 @@ class ServeLoop:
                     if pause is not None:
                         timeout = pause if timeout is None else min(timeout, pause)
                     ready = selector.select(timeout)
-                    if getattr(server, _STOP_FLAG):
+                    if getattr(server, STOP_FLAG):
                         break
                     for key, _ in ready:
                         if key.data == "listener":
                             self._accept_batch(server)
                         elif key.data == "wakeup":
-                            _drain(wakeup[0])
+                            discard_wakeups(wakeup[0])
                         else:
                             callback = self._watches.get(key.data)
                             if callback is not None:
@@ -200,64 +164,6 @@ class ServeLoop:
         if self._is_waiting_for_room:
             self.wake()
 
-    def wake(self) -> None:
-        """Make every loop look at its state now.
-
-        Lock-free on purpose: it runs in signal handlers, which interrupt the loop's own
-        thread at any bytecode, possibly while that thread holds ``self._lock``.
-        """
-        pair = self._wakeup
-        if pair is not None:
-            try:
-                pair[1].send(b"\0")
-            except OSError:
-                pass  # the pair is full (wake-ups pending anyway) or was just closed
-
-    def _enter(self, server: Server) -> bool:
-        """Register the calling thread as a loop; False if a stop is already pending."""
-        with self._lock:
-            if getattr(server, _STOP_FLAG) and not self._loop_threads:
-                # shutdown() came before serve_forever(): honour it, as the stdlib does.
-                setattr(server, _STOP_FLAG, False)
-                getattr(server, _STOPPED_EVENT).set()
-                return False
-            if not self._loop_threads:
-                pair = socket.socketpair()
-                for end in pair:
-                    end.setblocking(False)
-                self._wakeup = pair
-                getattr(server, _STOPPED_EVENT).clear()
-            self._loop_threads.add(threading.get_ident())
-        _make_listener_nonblocking(server)
-        return True
-
-    def _leave(self, server: Server) -> None:
-        with self._lock:
-            self._loop_threads.discard(threading.get_ident())
-            if self._loop_threads:
-                return
-            if self._wakeup is not None:
-                for end in self._wakeup:
-                    end.close()
-                self._wakeup = None
-            setattr(server, _STOP_FLAG, False)
-            getattr(server, _STOPPED_EVENT).set()
-
-    def shutdown(self, server: Server) -> None:
-        """Ask every loop to stop; wait for them unless called from inside one.
-
-        Called from a handler running on the loop's thread, or from a signal handler
-        that interrupted it, waiting would deadlock: then it only asks and returns.
-        Called while no loop runs, it leaves the request pending for the next loop.
-        """
-        # No lock here (see wake()): a signal handler may call this on the loop's thread.
-        setattr(server, _STOP_FLAG, True)
-        loop_threads = self._loop_threads.copy()
-        must_wait = bool(loop_threads) and threading.get_ident() not in loop_threads
-        self.wake()
-        if must_wait:
-            getattr(server, _STOPPED_EVENT).wait()
-
     # -- handle_request ------------------------------------------------------------------
 
     def handle_request(self, server: Server, socket_timeout: float | None) -> Any:
@@ -268,7 +174,7 @@ class ServeLoop:
         elif server.timeout is not None:
             timeout = min(timeout, server.timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        _make_listener_nonblocking(server)
+        make_listener_nonblocking(server)
         with _ServerSelector() as selector:
             selector.register(server, selectors.EVENT_READ)
             while True:
@@ -297,7 +203,7 @@ class ServeLoop:
                 self._batch = max(1, limit // 2)
                 return
             accepted += 1
-            if getattr(server, _STOP_FLAG):
+            if getattr(server, STOP_FLAG):
                 return
             if server.overload_policy == "wait" and not self.limiter.has_room(
                 server._capacity()[0]
@@ -365,7 +271,7 @@ class ServeLoop:
         started = time.monotonic()
         deadline = started + timeout
         admitted_before = self.limiter.admitted - self.limiter.active
-        setattr(server, _STOP_FLAG, True)  # ask, never wait: a loop may be mid-request
+        setattr(server, STOP_FLAG, True)  # ask, never wait: a loop may be mid-request
         self.wake()
         idle = self._wait_idle(server, deadline)
         aborted = 0
@@ -381,7 +287,7 @@ class ServeLoop:
                 ticket.abort()
             self._wait_idle(server, time.monotonic() + ABORT_GRACE_SECONDS)
         if self.is_running:
-            getattr(server, _STOPPED_EVENT).wait(ABORT_GRACE_SECONDS)
+            getattr(server, STOPPED_EVENT).wait(ABORT_GRACE_SECONDS)
         finished = self.limiter.admitted - admitted_before - aborted - self.limiter.active
         return DrainReport(
             finished=max(finished, 0), aborted=aborted, seconds=time.monotonic() - started
@@ -405,44 +311,13 @@ class ServeLoop:
             log.error("accept() on %s failed", format_address(server.server_address), exc_info=exc)
 
 
-def admit(
-    server: Any,
-    limiter: ConnectionLimiter,
-    stages: list[Stage],
-    request: Any,
-    client_address: Any,
-    logger: logging.Logger,
-) -> tuple[Any, Any, Ticket] | None:
-    """Run the admission stages, then the overload policy, for one accepted request.
-
-    Returns the (possibly rewritten) request and address with the request's ticket, or
-    None when it was refused: then it has been counted, logged on ``logger`` and closed
-    (after ``handle_overload`` for a server at capacity under the "reject" policy).
-    Shared by the synchronous and the async serve loops.
-    """
-    try:
-        request, client_address = run_stages(stages, request, client_address)
-    except Rejected as why:
-        limiter.reject(why.reason)
-        logger.info("refused %s: %s", format_address(client_address), why)
-        server.shutdown_request(request)
-        return None
-    capacity, what = server._capacity()
-    if server.overload_policy == "reject" and not limiter.has_room(capacity):
-        limiter.reject(what)
-        limiter.note_capacity(True, capacity, what, "reject")
-        try:
-            server.handle_overload(request, client_address)
-        except Exception:
-            logger.exception("handle_overload() raised for %s", format_address(client_address))
-        finally:
-            server.shutdown_request(request)
-        return None
-    return request, client_address, limiter.admit(request, client_address)
-
-
 def report_handler_error(server: Server, request: Any, client_address: Any) -> None:
-    """Give the current exception to ``handle_error``; close the request whatever happens."""
+    """Give the current exception to ``handle_error``; close the request whatever happens.
+
+    The synchronous path's reporter (the mixins' workers use it too): it counts the error on
+    the server's ``ServeLoop``, which is why it lives beside that class and not in
+    ``handler_errors.py``.
+    """
     loop = getattr(server, "_serve_loop", None)
     if isinstance(loop, ServeLoop):
         loop.count_handler_error()
@@ -450,42 +325,3 @@ def report_handler_error(server: Server, request: Any, client_address: Any) -> N
         call_handle_error(server, request, client_address, log)
     finally:
         server.shutdown_request(request)
-
-
-def call_handle_error(
-    server: Any, request: Any, client_address: Any, logger: logging.Logger
-) -> None:
-    """Give the current exception to ``handle_error``; if that raises too, log it on
-    ``logger`` instead of letting it end the loop or the connection's task."""
-    try:
-        server.handle_error(request, client_address)
-    except Exception:
-        logger.exception(
-            "handle_error() itself raised while reporting an error for %s",
-            format_address(client_address),
-        )
-
-
-def _make_listener_nonblocking(server: Server) -> None:
-    """Put the listening descriptor in non-blocking mode, leaving the Python-level timeout.
-
-    ``os.set_blocking`` changes the descriptor's O_NONBLOCK flag only, so
-    ``server.socket.gettimeout()`` (which ``handle_request`` reads) keeps the user's
-    value, accepted sockets stay blocking (Linux does not inherit the flag through
-    accept), and an accept that lost a race raises BlockingIOError instead of hanging.
-    Datagram servers are left alone: their socket also sends replies.
-    """
-    sock = getattr(server, "socket", None)
-    if isinstance(sock, socket.socket) and sock.type == socket.SOCK_STREAM:
-        try:
-            os.set_blocking(sock.fileno(), False)
-        except OSError:
-            pass  # closed already: the selector will report it
-
-
-def _drain(sock: socket.socket) -> None:
-    try:
-        while sock.recv(4096):
-            pass
-    except (BlockingIOError, OSError):
-        pass

@@ -2,8 +2,9 @@
 
 Every public name, class attribute and hook of ``socketserver`` is here with the same call
 order, so ``import sockserve as socketserver`` is a drop-in replacement. The work itself is
-done by composition: ``listeners.py`` binds and classifies accept errors, ``serve_loop.py``
-runs the loop, and the mixins in ``mixins.py`` choose a dispatch strategy.
+done by composition: ``listeners.py`` binds and classifies accept errors, ``sockets.py``
+opens the socket and reads datagrams, ``serve_loop.py`` runs the loop, and the mixins in
+``mixins.py`` choose a dispatch strategy.
 
 Defaults that differ from the stdlib, each because the stdlib's value hurts real traffic:
 
@@ -21,18 +22,25 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import stat
 import threading
 from dataclasses import replace
 from typing import Any, Self, cast
 
-from .addresses import dual_stack_address, family_for, format_address, is_ipv4_literal
+from .addresses import format_address
 from .connection import unmap_ipv4_client
 from .errors import ConfigurationError, HandlerClassError
 from .limits import OVERLOAD_POLICIES
 from .listeners import bind_socket, listen_socket
 from .metrics import DrainReport, ServerStats
 from .serve_loop import ServeLoop, Server
+from .sockets import (
+    UnixSocketFile,
+    bound_unix_socket_file,
+    family_and_bind_address,
+    open_socket,
+    receive_datagram,
+    remove_unix_socket_file,
+)
 
 log = logging.getLogger("sockserve.servers")
 
@@ -278,9 +286,9 @@ class TCPServer(BaseServer):
         if dual_stack is not None:
             self.dual_stack = dual_stack
         family = self._choose_family()
-        self._unix_path_created: tuple[Any, int, int] | None = None
+        self._unix_path_created: UnixSocketFile | None = None
         self._accepted_socket_triple: tuple[socket.socket, int, int, int] | None = None
-        self.socket = _open_socket(family, self.socket_type, dual_stack=self.dual_stack)
+        self.socket = open_socket(family, self.socket_type, dual_stack=self.dual_stack)
         if family == getattr(socket, "AF_INET6", None):
             self._serve_loop.stages.append(unmap_ipv4_client)
         if bind_and_activate:
@@ -293,23 +301,9 @@ class TCPServer(BaseServer):
                 raise
 
     def _choose_family(self) -> int:
-        family: int
-        if self.dual_stack:
-            if self.address_family not in (socket.AF_INET, socket.AF_INET6):
-                raise ConfigurationError(
-                    "dual_stack needs an IP server, not address family "
-                    f"{self.address_family!r} (address {format_address(self.server_address)})"
-                )
-            if is_ipv4_literal(self.server_address):
-                raise ConfigurationError(
-                    "dual_stack needs a wildcard host ('', '0.0.0.0' or '::') or an IPv6 "
-                    f"address; {format_address(self.server_address)} can only take IPv4 "
-                    "clients (leave dual_stack off for it)"
-                )
-            self.server_address = dual_stack_address(self.server_address)
-            family = socket.AF_INET6
-        else:
-            family = family_for(self.server_address, self.address_family)
+        family, self.server_address = family_and_bind_address(
+            self.server_address, self.address_family, dual_stack=self.dual_stack
+        )
         if family != self.address_family:
             self.address_family = family
         return family
@@ -369,29 +363,16 @@ class TCPServer(BaseServer):
     # -- the Unix socket file ----------------------------------------------------------
 
     def _remember_unix_path(self) -> None:
-        if self.socket.family != getattr(socket, "AF_UNIX", None):
-            return
-        path = self.server_address
-        if isinstance(path, (str, bytes, os.PathLike)):
-            path = os.fspath(path)
-            if path and path[:1] not in ("\0", b"\0"):
-                st = os.stat(path)
-                self._unix_path_created = (path, st.st_ino, os.getpid())
+        created = bound_unix_socket_file(self.socket, self.server_address)
+        if created is not None:
+            self._unix_path_created = created
 
     def _remove_unix_path(self) -> None:
         created = getattr(self, "_unix_path_created", None)
-        if created is None:
-            return
-        path, inode, pid = created
-        if pid != os.getpid():
-            return  # a forked child: the file belongs to the parent
+        if created is None or created.creator_pid != os.getpid():
+            return  # none created; or this is a forked child, and the file is the parent's
         self._unix_path_created = None
-        try:
-            st = os.lstat(path)
-            if st.st_ino == inode and stat.S_ISSOCK(st.st_mode):
-                os.unlink(path)
-        except OSError:
-            pass  # already gone, or replaced by someone else's file: leave it
+        remove_unix_socket_file(created)
 
 
 class UDPServer(TCPServer):
@@ -405,7 +386,7 @@ class UDPServer(TCPServer):
     def get_request(self) -> tuple[Any, Any]:
         """Receive one datagram; oversized (truncated) ones are logged and dropped."""
         for _ in range(MAX_TRUNCATED_SKIPS):
-            data, client_address, truncated = _receive_datagram(self.socket, self.max_packet_size)
+            data, client_address, truncated = receive_datagram(self.socket, self.max_packet_size)
             if not truncated:
                 return (data, self.socket), client_address
             log.warning(
@@ -436,45 +417,3 @@ if hasattr(socket, "AF_UNIX"):
         """A datagram server on a Unix socket path (or a Linux abstract name)."""
 
         address_family = socket.AF_UNIX
-
-
-class _DualStackSocket(socket.socket):
-    """An IPv6 socket that also accepts a plain IPv4 address in ``sendto``.
-
-    Datagram handlers reply with ``sock.sendto(data, client_address)``; on a dual-stack
-    server that address has been shown to them as IPv4, which an ``AF_INET6`` socket
-    would refuse. Mapping it back here keeps such handlers working unchanged.
-    """
-
-    def sendto(self, data: Any, *args: Any) -> int:
-        *flags, address = args
-        if isinstance(address, tuple) and len(address) == 2 and ":" not in address[0]:
-            address = ("::ffff:" + address[0], address[1], 0, 0)
-        return super().sendto(data, *flags, address)  # type: ignore[call-overload,no-any-return]
-
-
-def _open_socket(family: int, sock_type: int, *, dual_stack: bool) -> socket.socket:
-    if not dual_stack:
-        return socket.socket(family, sock_type)
-    sock = _DualStackSocket(family, sock_type)
-    try:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _receive_datagram(sock: socket.socket, max_size: int) -> tuple[bytes, Any, bool]:
-    """One datagram without blocking: ``(data, sender, was_truncated)``.
-
-    ``recvmsg`` reports MSG_TRUNC when the datagram did not fit; ``recvfrom`` cannot.
-    MSG_DONTWAIT makes this one call non-blocking while the socket itself stays blocking,
-    because handlers reply through the same socket.
-    """
-    flags = getattr(socket, "MSG_DONTWAIT", 0)
-    if hasattr(sock, "recvmsg"):
-        data, _, msg_flags, address = sock.recvmsg(max_size, 0, flags)
-        return data, address, bool(msg_flags & getattr(socket, "MSG_TRUNC", 0))
-    data, address = sock.recvfrom(max_size, flags)
-    return data, address, False

@@ -28,7 +28,8 @@ from .handlers import (
 )
 from .loop import EVENT_LOOPS
 from .servers import AsyncServerMixIn, AsyncTCPServer, AsyncUDPServer
-from .streams import LineTooLongError, ReadTimeoutError, StreamReader, StreamWriter
+from .streams import LineTooLongError, ReadTimeoutError, StreamReader
+from .writer import StreamWriter
 
 __all__ = [
     "AsyncServerMixIn",

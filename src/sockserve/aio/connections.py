@@ -27,10 +27,11 @@ from typing import Any
 
 from ..addresses import format_address
 from ..errors import LineTooLongError, ReadTimeoutError
-from ..serve_loop import call_handle_error
+from ..handler_errors import call_handle_error
 from .handlers import AsyncBaseRequestHandler
 from .inline import INLINE_RESUMPTION, InlineDriver, await_handler
-from .streams import StreamReader, StreamWriter
+from .streams import StreamReader
+from .writer import StreamWriter
 
 log = logging.getLogger("sockserve.aio.connections")
 

@@ -14,7 +14,8 @@ import io
 from collections.abc import Generator
 from typing import Any
 
-from .streams import DEFAULT_LINE_LIMIT, StreamReader, StreamWriter
+from .streams import DEFAULT_LINE_LIMIT, StreamReader
+from .writer import StreamWriter
 
 
 class AsyncBaseRequestHandler:

@@ -38,10 +38,10 @@ from functools import partial
 from typing import Any
 
 from ..addresses import format_address
+from ..admission import admit
 from ..limits import ConnectionLimiter, Ticket
 from ..listeners import TRANSIENT_ACCEPT_ERRNOS, AcceptBackoff
 from ..metrics import DrainReport, ServerStats
-from ..serve_loop import admit
 from .connections import serve_datagram, serve_stream
 from .datagrams import DatagramSender
 from .streams import receive_buffer

@@ -14,6 +14,11 @@ Rules: a worker that exits before it is ready with ``EXIT_BOOT_FAILED`` stops th
 server (``WorkerBootError``); any other unexpected exit is replaced after a back-off that
 doubles while deaths keep coming. A worker asked to stop (graceful stop, rolling restart,
 one fewer, its request budget spent) is not replaced unless the count falls short.
+
+This module is the loop and the pool's rules; the parts it composes live beside it:
+``actions.py`` (how signals and other threads reach the loop), ``status.py`` (hearing from
+workers), ``deadlines.py`` (stopping and killing them), ``backoff.py`` (when a dead one is
+replaced) and ``process.py`` (forking, signalling and reaping one).
 """
 
 from __future__ import annotations
@@ -26,58 +31,20 @@ import signal
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from ..dispatch.forking import open_pidfd
 from ..errors import SockserveError
-from .process import (
-    WorkerProcess,
-    describe_exit,
-    fork_worker,
-    read_status,
-    reap,
-    send_signal,
-)
-from .worker import (
-    BEAT,
-    BEATS_PER_TIMEOUT,
-    BOOT_FAILED,
-    EXIT_BOOT_FAILED,
-    READY,
-    RECYCLING,
-    STOP_GRACE_SECONDS,
-    STOPPING,
-    WorkerLink,
-)
+from .actions import SIGNAL_ACTIONS, ActionQueue
+from .backoff import RestartBackoff
+from .deadlines import WorkerDeadlines
+from .process import WorkerProcess, describe_exit, fork_worker, reap, send_signal
+from .status import StatusChannels
+from .worker import BEATS_PER_TIMEOUT, EXIT_BOOT_FAILED, WorkerLink
 
 log = logging.getLogger("sockserve.prefork")
-
-#: What each signal asks of the master. Handlers only queue the action; the loop acts.
-SIGNAL_ACTIONS: dict[int, str] = {
-    getattr(signal, name): action
-    for name, action in (
-        ("SIGTERM", "graceful_stop"),
-        ("SIGINT", "interrupt"),  # graceful stop; a second one stops fast
-        ("SIGQUIT", "fast_stop"),
-        ("SIGHUP", "rolling_restart"),
-        ("SIGTTIN", "add_worker"),
-        ("SIGTTOU", "remove_worker"),
-    )
-    if hasattr(signal, name)
-}
-
-#: Replacement delays after unexpected exits: the first comes at once, then the delay
-#: doubles from the first to the last value while deaths keep coming less than
-#: ``BACKOFF_RESET_SECONDS`` apart.
-RESTART_BACKOFF_FIRST = 0.1
-RESTART_BACKOFF_MAX = 5.0
-BACKOFF_RESET_SECONDS = 10.0
-
-#: A fast stop sends SIGQUIT, then SIGKILL to workers still alive after this long.
-FAST_STOP_SECONDS = 1.0
 
 #: The longest the master waits without looking: reaping still happens where no pidfd and
 #: no pipe EOF announces an exit (a worker's own children may hold its pipe open).
@@ -122,9 +89,8 @@ class Supervisor:
         self.settings = settings
         self.target = settings.workers
         self._start_worker = start_worker
-        self._on_ready = on_ready
         self._workers: dict[int, WorkerProcess] = {}
-        self._requests: deque[str] = deque()
+        self._requests = ActionQueue()
         self._actions: dict[str, Callable[[], None]] = {
             "graceful_stop": self._begin_graceful_stop,
             "interrupt": self._interrupt,
@@ -133,19 +99,21 @@ class Supervisor:
             "add_worker": self._add_worker,
             "remove_worker": self._remove_worker,
         }
-        # Opened by run(), closed when it returns. The wake-up is a socket pair, not a
-        # pipe: once closed, a late request() from another thread fails on the closed
-        # socket object instead of writing to a reused descriptor number.
-        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._deadlines = WorkerDeadlines(
+            worker_timeout=settings.worker_timeout, graceful_timeout=settings.graceful_timeout
+        )
+        self._backoff = RestartBackoff()
+        # Opened by run(), closed when it returns.
         self._master_gone_r = self._master_gone_w = -1
         self._selector = _Selector()
+        self._status = StatusChannels(
+            self._selector,
+            stop_allowance=self._deadlines.stop_allowance,
+            on_first_ready=on_ready,
+        )
         self._generation = 0
         self._stopping = ""
         self._boot_error = ""
-        self._has_been_ready = False
-        self._restart_at = 0.0
-        self._restart_delay = 0.0
-        self._last_death = -BACKOFF_RESET_SECONDS
         self.thread_id = threading.get_ident()
         self.finished = threading.Event()
 
@@ -153,14 +121,7 @@ class Supervisor:
 
     def request(self, action: str) -> None:
         """Queue ``action`` and wake the loop. Lock-free: safe in a signal handler."""
-        self._requests.append(action)
-        wake = self._wake
-        if wake is None:
-            return  # run() has not started (it looks at the queue first) or has ended
-        try:
-            wake[1].send(b"\0")
-        except OSError:
-            pass  # the pipe is full (a wake-up is pending anyway) or already closed
+        self._requests.request(action)
 
     def worker_pids(self) -> list[int]:
         return sorted(list(self._workers))
@@ -170,7 +131,7 @@ class Supervisor:
     def run(self) -> None:
         """Supervise until stopped; raise ``WorkerBootError`` if a worker could not boot."""
         self._open()
-        previous = self._install_signal_handlers()
+        self._requests.install_signal_handlers()
         try:
             self._loop()
         except BaseException:
@@ -178,8 +139,7 @@ class Supervisor:
             self._kill_all_and_reap()
             raise
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            self._requests.restore_signal_handlers()
             self._close()
         if self._boot_error:
             raise WorkerBootError(self._boot_error)
@@ -187,15 +147,15 @@ class Supervisor:
     def _loop(self) -> None:
         log.info("master %d starting %d workers", os.getpid(), self.target)
         while True:
-            while self._requests:
-                self._actions[self._requests.popleft()]()
+            for action in self._requests.take():
+                self._actions[action]()
             self._reap()
             if self._boot_error and not self._stopping:
                 self._begin_stop("a worker failed to boot", signal.SIGTERM)
             if self._stopping and not self._workers:
                 return
             now = time.monotonic()
-            self._enforce_deadlines(now)
+            self._deadlines.kill_overdue(self._workers.values(), now)
             if not self._stopping:
                 self._balance(now)
             self._wait(self._next_timeout(now))
@@ -204,25 +164,23 @@ class Supervisor:
         for key, _ in self._selector.select(timeout):
             worker: WorkerProcess | None = key.data
             if worker is None:
-                _drain(self._wake[0] if self._wake else None)
+                self._requests.clear_wakeups()
             elif key.fd == worker.channel:
-                self._read_status(worker)
+                self._status.read(worker)
             # a readable pidfd needs nothing here: the worker is reaped next turn
 
     def _next_timeout(self, now: float) -> float:
         times = [MASTER_TICK_SECONDS]
-        timeout = self.settings.worker_timeout
         for worker in self._workers.values():
             if worker.kill_reason:
-                continue
-            if worker.stop_deadline is not None:
-                times.append(worker.stop_deadline - now)
-            elif timeout is not None:
-                times.append(worker.last_seen + timeout - now)
+                continue  # SIGKILL is sent: its exit is all that is left to wait for
+            due = self._deadlines.due_at(worker)
+            if due is not None:
+                times.append(due - now)
             if worker.eof_at is not None and now - worker.eof_at < EXIT_PENDING_SECONDS:
                 times.append(EXIT_POLL_SECONDS)
         if not self._stopping and self._serving_count() < self.target:
-            times.append(self._restart_at - now)
+            times.append(self._backoff.next_start_at - now)
         return max(0.0, min(times))
 
     # -- starting and balancing ------------------------------------------------------------
@@ -244,12 +202,12 @@ class Supervisor:
         # Rolling restart: each ready new worker lets one old worker go.
         ready = sum(1 for worker in current if worker.is_ready)
         for worker in old[: max(0, ready + len(old) - self.target)]:
-            self._stop_worker(worker, "rolling restart", signal.SIGTERM, now)
+            self._deadlines.ask_to_stop(worker, "rolling restart", signal.SIGTERM, now)
         # One fewer: the oldest goes.
         for worker in current[: max(0, len(current) - self.target)]:
-            self._stop_worker(worker, "one worker fewer", signal.SIGTERM, now)
+            self._deadlines.ask_to_stop(worker, "one worker fewer", signal.SIGTERM, now)
         missing = self.target - len(current)
-        if missing > 0 and now >= self._restart_at:
+        if missing > 0 and now >= self._backoff.next_start_at:
             for _ in range(missing):
                 self._spawn(now)
 
@@ -278,7 +236,7 @@ class Supervisor:
             )
         except OSError:
             log.exception("cannot fork a worker")
-            self._schedule_restart(now)
+            self._backoff.record_failure(now)
             return
         worker = WorkerProcess(
             pid=pid,
@@ -288,75 +246,18 @@ class Supervisor:
             last_seen=now,
         )
         self._workers[pid] = worker
-        self._selector.register(channel, selectors.EVENT_READ, worker)
-        if worker.pidfd is not None:
-            self._selector.register(worker.pidfd, selectors.EVENT_READ, worker)
+        self._status.watch(worker)
         log.debug("started worker %d", pid)
 
     def _private_descriptors(self) -> list[int | socket.socket]:
         """What a new worker must not inherit: the wake-up, the others' pipes and pidfds."""
-        fds: list[int | socket.socket] = [self._master_gone_w, *(self._wake or ())]
+        fds: list[int | socket.socket] = [self._master_gone_w, *self._requests.wake_sockets()]
         for worker in self._workers.values():
             if worker.is_channel_open:  # a closed one's number may be reused by now
                 fds.append(worker.channel)
             if worker.pidfd is not None:
                 fds.append(worker.pidfd)
         return fds
-
-    def _schedule_restart(self, now: float) -> None:
-        if now - self._last_death > BACKOFF_RESET_SECONDS:
-            self._restart_delay = 0.0
-        else:
-            self._restart_delay = min(
-                max(self._restart_delay * 2, RESTART_BACKOFF_FIRST), RESTART_BACKOFF_MAX
-            )
-        self._last_death = now
-        self._restart_at = now + self._restart_delay
-
-    # -- what workers tell us ------------------------------------------------------------
-
-    def _read_status(self, worker: WorkerProcess) -> bool:
-        """Act on what the worker sent; False once nothing more is there."""
-        messages = read_status(worker.channel, worker.pending)
-        if messages is None:  # EOF: it exited (or is exiting), the reaper takes over
-            self._close_channel(worker)
-            if worker.pidfd is None:
-                worker.eof_at = time.monotonic()
-            return False
-        if messages:
-            worker.last_seen = time.monotonic()
-        for kind, text in messages:
-            if kind == READY:
-                self._on_worker_ready(worker)
-            elif kind == BOOT_FAILED:
-                worker.boot_error = text
-            elif kind in (RECYCLING, STOPPING):
-                if worker.stop_reason:
-                    continue  # we asked it to stop: nothing new
-                # It stopped accepting on its own: its replacement starts at once.
-                worker.stop_deadline = worker.last_seen + self._stop_allowance()
-                if kind == RECYCLING:
-                    worker.stop_reason = "recycled after max_requests"
-                    log.info("worker %d served its max_requests; recycling it", worker.pid)
-                else:
-                    worker.stop_reason = "stopped on its own"
-                    log.info("worker %d is stopping on its own; replacing it", worker.pid)
-            elif kind != BEAT:
-                log.warning("worker %d sent an unknown status byte %r", worker.pid, kind)
-        return bool(messages)
-
-    def _on_worker_ready(self, worker: WorkerProcess) -> None:
-        worker.is_ready = True
-        log.info("worker %d ready", worker.pid)
-        if not self._has_been_ready:
-            self._has_been_ready = True
-            self._on_ready()
-
-    def _close_channel(self, worker: WorkerProcess) -> None:
-        if worker.is_channel_open:
-            worker.is_channel_open = False
-            self._selector.unregister(worker.channel)
-            os.close(worker.channel)
 
     # -- reaping -------------------------------------------------------------------------
 
@@ -367,12 +268,7 @@ class Supervisor:
                 self._forget(worker, exit_code)
 
     def _forget(self, worker: WorkerProcess, exit_code: int) -> None:
-        while worker.is_channel_open and self._read_status(worker):
-            pass  # its last words: a boot failure's reason, a late "ready"
-        self._close_channel(worker)
-        if worker.pidfd is not None:
-            self._selector.unregister(worker.pidfd)
-            os.close(worker.pidfd)
+        self._status.release(worker)
         del self._workers[worker.pid]
         how = describe_exit(exit_code)
         if exit_code == EXIT_BOOT_FAILED and not worker.is_ready:
@@ -396,42 +292,8 @@ class Supervisor:
     def _after_unexpected_exit(self) -> None:
         if self._stopping:
             return
-        now = time.monotonic()
-        self._schedule_restart(now)
-        log.info("starting a replacement in %.1f s", self._restart_delay)
-
-    # -- deadlines -------------------------------------------------------------------------
-
-    def _enforce_deadlines(self, now: float) -> None:
-        timeout = self.settings.worker_timeout
-        for worker in self._workers.values():
-            if worker.kill_reason:
-                continue
-            if worker.stop_deadline is not None:
-                if now >= worker.stop_deadline:
-                    self._kill(worker, f"was still running {worker.stop_reason!r}; killed it")
-            elif timeout is not None and now - worker.last_seen > timeout:
-                self._kill(
-                    worker,
-                    f"was silent for {now - worker.last_seen:.1f} s "
-                    f"(worker_timeout={timeout}); killed it",
-                )
-
-    def _kill(self, worker: WorkerProcess, reason: str) -> None:
-        worker.kill_reason = reason
-        log.error("worker %d %s", worker.pid, reason)
-        send_signal(worker.pid, signal.SIGKILL)
-
-    def _stop_allowance(self) -> float:
-        return self.settings.graceful_timeout + STOP_GRACE_SECONDS
-
-    def _stop_worker(self, worker: WorkerProcess, reason: str, signum: int, now: float) -> None:
-        worker.stop_reason = reason
-        worker.stop_deadline = now + (
-            FAST_STOP_SECONDS if signum == signal.SIGQUIT else self._stop_allowance()
-        )
-        log.info("stopping worker %d (%s)", worker.pid, reason)
-        send_signal(worker.pid, signum)
+        self._backoff.record_failure(time.monotonic())
+        log.info("starting a replacement in %.1f s", self._backoff.delay)
 
     # -- the actions signals ask for -------------------------------------------------------
 
@@ -439,11 +301,7 @@ class Supervisor:
         self._stopping = reason
         now = time.monotonic()
         log.info("master %d: %s", os.getpid(), reason)
-        for worker in list(self._workers.values()):
-            if worker.kill_reason:
-                continue
-            if signum == signal.SIGQUIT or not worker.stop_reason:
-                self._stop_worker(worker, reason, signum, now)
+        self._deadlines.stop_all(self._workers.values(), reason, signum, now)
 
     def _begin_graceful_stop(self) -> None:
         if not self._stopping:
@@ -480,19 +338,6 @@ class Supervisor:
 
     # -- setting up and tearing down -----------------------------------------------------
 
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        """Our handlers, only on the main thread (Python allows no other); old ones back."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        previous: dict[int, Any] = {}
-        for signum in SIGNAL_ACTIONS:
-            old = signal.signal(signum, self._on_signal)
-            previous[signum] = signal.SIG_DFL if old is None else old  # None: set outside Python
-        return previous
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.request(SIGNAL_ACTIONS[signum])
-
     def _kill_all_and_reap(self) -> None:
         """The loop raised: take the workers down with it, so no orphan and no zombie."""
         for worker in list(self._workers.values()):
@@ -504,29 +349,15 @@ class Supervisor:
             self._forget(worker, -signal.SIGKILL)
 
     def _open(self) -> None:
-        wake = socket.socketpair()
-        for end in wake:
-            end.setblocking(False)
-        self._selector.register(wake[0], selectors.EVENT_READ, None)
-        self._wake = wake
+        self._selector.register(self._requests.open(), selectors.EVENT_READ, None)
         # Workers inherit the read end and close the write end: EOF there means we died.
         self._master_gone_r, self._master_gone_w = os.pipe()
 
     def _close(self) -> None:
         self._selector.close()
-        wake, self._wake = self._wake, None
-        for end in wake or ():
-            end.close()
+        self._requests.close()
         os.close(self._master_gone_r)
         os.close(self._master_gone_w)
-
-
-def _drain(sock: socket.socket | None) -> None:
-    try:
-        while sock is not None and sock.recv(4096):
-            pass
-    except OSError:
-        pass  # empty now (BlockingIOError), or closed
 
 
 _Selector: type[selectors.BaseSelector] = getattr(

@@ -1,0 +1,87 @@
+"""The sending half of a connection: asyncio's ``StreamWriter`` interface, lean.
+
+``write`` is the transport's own bound method (no extra call per message); ``drain()`` is a
+plain method that returns the reader's one done future unless the transport is paused or
+closing, so the usual ``write(); await drain()`` neither creates anything nor suspends.
+The flow-control state lives on the reader (``streams.py``), because the transport reports
+it to its protocol, and the reader is the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from .streams import StreamReader
+
+__all__ = ["StreamWriter"]
+
+
+class StreamWriter:
+    """The sending half of a connection, with asyncio's ``StreamWriter`` interface.
+
+    ``write(data)`` hands the bytes to the transport at once (it sends what the kernel
+    takes and buffers the rest): it *is* the transport's ``write``, bound once, so a
+    message costs no extra call. ``await drain()`` waits while that buffer is over the
+    high-water mark, and raises if the connection is lost.
+    """
+
+    __slots__ = ("_transport", "_reader", "write", "_is_closing", "_ready")
+
+    def __init__(self, transport: asyncio.Transport, reader: StreamReader) -> None:
+        self._transport = transport
+        self._reader = reader
+        self.write: Callable[[bytes | bytearray | memoryview], None] = transport.write
+        self._is_closing: Callable[[], bool] = transport.is_closing
+        self._ready = reader._ready
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        return self._transport
+
+    def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self._transport.writelines(data)
+
+    def write_eof(self) -> None:
+        self._transport.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._transport.can_write_eof()
+
+    def close(self) -> None:
+        """Close after the buffered data is sent; see ``wait_closed``."""
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    async def wait_closed(self) -> None:
+        await self._reader._closed_future()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def drain(self) -> Awaitable[None]:
+        """Wait until the transport's buffer is below the high-water mark.
+
+        A plain method, not a coroutine: in the usual case (not paused, not closing) it
+        returns the reader's one done future, so ``await writer.drain()`` creates no
+        coroutine and never suspends.
+        """
+        if self._reader._is_writing_paused or self._is_closing():
+            return self._drain_slowly()
+        return self._ready
+
+    async def _drain_slowly(self) -> None:
+        reader = self._reader
+        if not reader._is_connection_lost:
+            if reader._is_writing_paused:
+                await reader._writable()
+                return
+            await asyncio.sleep(0)  # closing: let connection_lost run, then report it
+        if reader._is_connection_lost:
+            raise reader._exception or ConnectionResetError("Connection lost")
+
+    def __repr__(self) -> str:
+        return f"<sockserve StreamWriter transport={self._transport!r}>"
