@@ -396,6 +396,31 @@ def test_verify_request_may_refuse_and_may_be_a_coroutine(harness: Harness) -> N
             assert client.exchange(b"accepted\n") == b"accepted\n"
 
 
+@pytest.mark.parametrize("harness", _kind_params(["udp", "unix_datagram"]), indirect=True)
+def test_shutdown_request_follows_every_datagram_as_in_the_sync_servers(
+    harness: Harness,
+) -> None:
+    finished: list[bytes] = []
+
+    class Counting(harness.kind.server_class):  # type: ignore[misc,name-defined]
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            return not request[0].startswith(b"refused")
+
+        def shutdown_request(self, request: Any) -> None:
+            finished.append(request[0])
+            super().shutdown_request(request)
+
+    with (
+        serve_in_thread(harness.server(server_class=Counting)) as server,
+        harness.connect(server) as client,
+    ):
+        client.send(b"refused\n")
+        assert client.exchange(b"served\n") == b"served\n"
+        assert client.exchange(b"again\n") == b"again\n"
+    # the refused datagram needs no await, and the client waits for each reply: in order
+    assert finished == [b"refused\n", b"served\n", b"again\n"]
+
+
 @pytest.mark.parametrize("harness", ALL_KINDS, indirect=True)
 def test_bind_errors_and_unix_cleanup_match_the_core(harness: Harness) -> None:
     first = harness.server()

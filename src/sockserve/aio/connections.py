@@ -120,12 +120,22 @@ def _is_plain_handler(work: object) -> bool:
 
 
 async def serve_datagram(server: Any, request: Any, client_address: Any) -> None:
-    """Serve one datagram ``(packet, sender)``; the socket is the server's, left open."""
+    """Serve one datagram ``(packet, sender)``; the socket is the server's, left open.
+
+    ``shutdown_request(request)`` follows every datagram, served or refused, as in the
+    synchronous servers (where it closes nothing for a datagram either): an override
+    that counts or logs requests sees the same calls in both modes.
+    """
     try:
         if await verify(server, request, client_address):
             await server.finish_request(request, client_address)
     except Exception as exc:
         report_ending(server, exc, request, client_address)
+    finally:
+        try:
+            server.shutdown_request(request)
+        except Exception:
+            report_error(server, request, client_address)
 
 
 async def verify(server: Any, request: Any, client_address: Any) -> bool:
