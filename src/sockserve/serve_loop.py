@@ -48,12 +48,14 @@ log = logging.getLogger("sockserve.serve_loop")
 #: a forked child's end is only seen when it is reaped, which no wake-up announces.
 ROOM_POLL_SECONDS = 0.05
 
-#: After ``drain`` aborts the stragglers, how long it gives them to unwind.
+#: After ``drain`` aborts the stragglers (or, in async mode, ``shutdown`` cancels the
+#: requests still running), how long they get to unwind.
 ABORT_GRACE_SECONDS = 2.0
 
 #: Connections accepted per wake-up before the loop checks for shutdown and runs
-#: ``service_actions``: large enough to drain a burst in few wake-ups, small enough that a
-#: flood cannot starve the stop check.
+#: ``service_actions`` (the async loop: before it serves the running handlers): large
+#: enough to drain a burst in few wake-ups, small enough that a flood cannot starve the
+#: stop check or the handlers.
 ACCEPT_BATCH = 64
 
 _ServerSelector: type[selectors.BaseSelector] = getattr(

@@ -41,23 +41,15 @@ from ..addresses import format_address
 from ..admission import admit
 from ..limits import ConnectionLimiter, Ticket
 from ..listeners import TRANSIENT_ACCEPT_ERRNOS, AcceptBackoff
+from ..loop_threads import STOP_FLAG, STOPPED_EVENT
 from ..metrics import DrainReport, ServerStats
+from ..serve_loop import ABORT_GRACE_SECONDS, ACCEPT_BATCH
 from .connections import serve_datagram, serve_stream
 from .datagrams import DatagramSender
 from .streams import receive_buffer
 from .watchdog import LoopWatchdog
 
 log = logging.getLogger("sockserve.aio.serve_loop")
-
-#: Requests taken per wake-up before the loop serves the others: enough to drain a burst
-#: of connects in few wake-ups, few enough that a flood cannot starve running handlers.
-ACCEPT_BATCH = 64
-
-#: After cancelling the requests still running, how long they get to unwind.
-ABORT_GRACE_SECONDS = 2.0
-
-_STOP_FLAG = "_BaseServer__shutdown_request"
-_STOPPED_EVENT = "_BaseServer__is_shut_down"
 
 
 class AsyncServeLoop:
@@ -100,9 +92,9 @@ class AsyncServeLoop:
                 watchdog = LoopWatchdog(loop, server.slow_callback_duration, self._describe)
                 watchdog.start()
             assert self._wake_up is not None
-            while not getattr(server, _STOP_FLAG):
+            while not getattr(server, STOP_FLAG):
                 await asyncio.wait((self._wake_up,), timeout=poll_interval)
-                if getattr(server, _STOP_FLAG):
+                if getattr(server, STOP_FLAG):
                     break
                 server.service_actions()
         finally:
@@ -116,7 +108,7 @@ class AsyncServeLoop:
     def shutdown(self, server: Any) -> None:
         """Stop ``serve()``; wait for it unless called on the loop's own thread."""
         with self._lock:
-            setattr(server, _STOP_FLAG, True)
+            setattr(server, STOP_FLAG, True)
             loop, loop_thread = self._loop, self._loop_thread
         if loop is None:
             return  # not serving: the next serve() returns at once, as in the stdlib
@@ -127,7 +119,7 @@ class AsyncServeLoop:
             loop.call_soon_threadsafe(self._wake)
         except RuntimeError:
             pass  # the loop has closed: serve() is on its way out anyway
-        getattr(server, _STOPPED_EVENT).wait()
+        getattr(server, STOPPED_EVENT).wait()
 
     def _enter(self, server: Any, loop: asyncio.AbstractEventLoop) -> bool:
         with self._lock:
@@ -136,15 +128,15 @@ class AsyncServeLoop:
                     "this async server is already serving; it runs one event loop "
                     "(for more cores, run one server per process)"
                 )
-            if getattr(server, _STOP_FLAG):
+            if getattr(server, STOP_FLAG):
                 # shutdown() came before serve(): honour it, as the stdlib does.
-                setattr(server, _STOP_FLAG, False)
-                getattr(server, _STOPPED_EVENT).set()
+                setattr(server, STOP_FLAG, False)
+                getattr(server, STOPPED_EVENT).set()
                 return False
             self._loop = loop
             self._loop_thread = threading.get_ident()
             self._wake_up = loop.create_future()
-            getattr(server, _STOPPED_EVENT).clear()
+            getattr(server, STOPPED_EVENT).clear()
         return True
 
     def _leave(self, server: Any) -> None:
@@ -152,8 +144,8 @@ class AsyncServeLoop:
             self._loop = None
             self._loop_thread = None
             self._server = None
-            setattr(server, _STOP_FLAG, False)
-            getattr(server, _STOPPED_EVENT).set()
+            setattr(server, STOP_FLAG, False)
+            getattr(server, STOPPED_EVENT).set()
 
     def _wake(self) -> None:
         if self._wake_up is not None and not self._wake_up.done():
@@ -213,7 +205,7 @@ class AsyncServeLoop:
         server = self._server
         if self._is_stopping or self._is_draining or server is None:
             return False
-        if getattr(server, _STOP_FLAG):
+        if getattr(server, STOP_FLAG):
             return False
         if self._back_off_timer is not None:
             return False
@@ -332,7 +324,7 @@ class AsyncServeLoop:
         with self._lock:
             loop, loop_thread = self._loop, self._loop_thread
             if loop is None:
-                setattr(server, _STOP_FLAG, True)
+                setattr(server, STOP_FLAG, True)
                 return DrainReport(finished=0, aborted=0, seconds=time.monotonic() - started)
         if loop_thread == threading.get_ident():
             raise RuntimeError(
@@ -343,7 +335,7 @@ class AsyncServeLoop:
             future = asyncio.run_coroutine_threadsafe(self.drain_async(server, timeout), loop)
         except RuntimeError:  # the loop closed meanwhile: nothing left to drain
             return DrainReport(finished=0, aborted=0, seconds=time.monotonic() - started)
-        stopped: threading.Event = getattr(server, _STOPPED_EVENT)
+        stopped: threading.Event = getattr(server, STOPPED_EVENT)
         while True:
             try:
                 report = future.result(timeout=0.05)
@@ -373,7 +365,7 @@ class AsyncServeLoop:
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending, timeout=ABORT_GRACE_SECONDS)
-        setattr(server, _STOP_FLAG, True)
+        setattr(server, STOP_FLAG, True)
         self._wake()
         return DrainReport(
             finished=len(running) - len(pending),
