@@ -199,22 +199,13 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         buffer = self._buffer
         if waiter is not None and not buffer:
             want = self._want
-            if want == _LINE:
-                if data.find(b"\n") == len(data) - 1 and len(data) <= self.limit:
-                    self._waiter = None
-                    try:
-                        waiter.set_result(data)
-                    except asyncio.InvalidStateError:  # the read was cancelled: keep it
-                        pass
-                    else:
-                        if self._driver is not None:
-                            self._driver.resume_inline(waiter)
-                        return
-            elif want == _SOME and len(data) <= self._want_size:
+            if (
+                want == _LINE and data.find(b"\n") == len(data) - 1 and len(data) <= self.limit
+            ) or (want == _SOME and len(data) <= self._want_size):
                 self._waiter = None
                 try:
                     waiter.set_result(data)
-                except asyncio.InvalidStateError:
+                except asyncio.InvalidStateError:  # the read was cancelled: keep the data
                     pass
                 else:
                     if self._driver is not None:
@@ -298,19 +289,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
 
     async def readline(self) -> bytes:
         """One line including ``\\n``; at EOF whatever is left (b"" when nothing)."""
-        waiter: asyncio.Future[bytes]
-        if (
-            self._waiter is None
-            and not self._buffer
-            and not self._eof
-            and self.timeout is None
-            and not self._is_reading_paused
-        ):
-            # every ping-pong message's read: wait for the line (_readline_future inlined)
-            waiter = self._waiter = self._create_future()
-            self._want = _LINE
-        else:
-            waiter = self._readline_future()
+        waiter = self._readline_future()
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -321,21 +300,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         """Up to ``n`` bytes as soon as any are there (all until EOF when ``n < 0``)."""
         if n < 0:
             return await self._read_all()
-        waiter: asyncio.Future[bytes]
-        if (
-            self._waiter is None
-            and n > 0
-            and not self._buffer
-            and not self._eof
-            and self.timeout is None
-            and not self._is_reading_paused
-        ):
-            # as in readline(): _read_future inlined
-            waiter = self._waiter = self._create_future()
-            self._want = _SOME
-            self._want_size = n
-        else:
-            waiter = self._read_future(n)
+        waiter = self._read_future(n)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -347,10 +312,21 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             line = self._line_now()
             if line is not None:
                 return _done(self._loop, line)
+        if self._waiter is None and self.timeout is None and not self._is_reading_paused:
+            # _wait() inlined: this is every ping-pong message's read
+            waiter = self._waiter = self._create_future()
+            self._want = _LINE
+            return waiter
         return self._wait(_LINE, 0)
 
     def _read_future(self, n: int) -> asyncio.Future[bytes]:
         if n > 0 and not self._buffer and not self._eof:
+            if self._waiter is None and self.timeout is None and not self._is_reading_paused:
+                # _wait() inlined, as in readline()
+                waiter = self._waiter = self._create_future()
+                self._want = _SOME
+                self._want_size = n
+                return waiter
             return self._wait(_SOME, n)
         if n == 0:
             return _done(self._loop, b"")
