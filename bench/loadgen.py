@@ -96,28 +96,45 @@ def close_process(process: subprocess.Popen[bytes]) -> None:
             stream.close()
 
 
+class ChildLines:
+    """Whole lines from a client's stdout as they arrive (a partial line waits for the rest)."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        self._process = process
+        self._fd = process.stdout.fileno()
+        self._pending = b""
+
+    def read(self, timeout: float) -> list[bytes] | None:
+        """The lines completed within ``timeout`` (perhaps none); None once it has exited."""
+        readable, _, _ = select.select([self._fd], [], [], timeout)
+        if not readable:
+            return []
+        chunk = os.read(self._fd, 65536)
+        if not chunk:
+            return None
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        return lines
+
+    def stderr(self) -> str:
+        stream = self._process.stderr
+        return stream.read().decode(errors="replace").strip() if stream else ""
+
+
 def _follow(
     process: subprocess.Popen[bytes], budget_s: float, on_mark: Callable[[str], None]
 ) -> dict[str, Any]:
-    assert process.stdout is not None
     assert process.stdin is not None
-    fd = process.stdout.fileno()
+    output = ChildLines(process)
     deadline = time.monotonic() + budget_s
-    pending = b""
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise LoadgenError(f"the load generator hung for more than {budget_s:.0f} s")
-        readable, _, _ = select.select([fd], [], [], left)
-        if not readable:
-            continue
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            raise LoadgenError(f"the load generator exited without a result: {stderr.strip()}")
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
+        lines = output.read(left)
+        if lines is None:
+            raise LoadgenError(f"the load generator exited without a result: {output.stderr()}")
+        for line in lines:
             if line == b"MARK start":
                 on_mark("start")
             elif line == b"MARK end":

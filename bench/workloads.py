@@ -14,7 +14,6 @@ import json
 import os
 import re
 import resource
-import select
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .loadgen import LoadgenArgs, close_process, run_loadgen
+from .loadgen import ChildLines, LoadgenArgs, close_process, run_loadgen
 from .procstat import ProcessSample, TreeSample, busy_core_seconds, session_processes
 from .servers import (
     REPO_ROOT,
@@ -474,28 +473,21 @@ def run_pool_memory(server: ServerProcess, settings: Settings) -> Measurement:
         stderr=subprocess.PIPE,
         preexec_fn=pin_and_raise_limits(settings.loadgen_cores),
     )
-    assert process.stdout is not None
     assert process.stdin is not None
     try:
+        output = ChildLines(process)
         deadline = time.monotonic() + budget
-        pending = b""
         while result is None:
             if time.monotonic() > deadline:
                 raise ServerError(f"the pool-memory client hung for more than {budget:.0f} s")
-            readable, _, _ = select.select([process.stdout], [], [], POOL_SAMPLE_EVERY_S)
+            lines = output.read(POOL_SAMPLE_EVERY_S)
             look = server.sample()
             peak["threads"] = max(peak["threads"], look.threads)
             peak["rss_bytes"] = max(peak["rss_bytes"], look.rss_bytes)
             peak["processes"] = max(peak["processes"], look.processes)
-            if not readable:
-                continue
-            chunk = os.read(process.stdout.fileno(), 65536)
-            if not chunk:
-                stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-                raise ServerError(f"the pool-memory client exited early: {stderr.strip()}")
-            pending += chunk
-            while b"\n" in pending:
-                line, pending = pending.split(b"\n", 1)
+            if lines is None:
+                raise ServerError(f"the pool-memory client exited early: {output.stderr()}")
+            for line in lines:
                 if line.startswith(b"MARK hold "):
                     hold = json.loads(line[len(b"MARK hold ") :])
                     hold_sample = look
