@@ -235,6 +235,108 @@ def test_another_task_may_read_and_data_fed_from_a_task_still_arrives(event_loop
     _run(main(), event_loop)
 
 
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_a_line_handed_over_then_cancelled_goes_back_into_the_buffer(event_loop: str) -> None:
+    """Data fed from inside a task is handed to the handler's own task to resume; if the
+    task is cancelled before it runs, the read gives way and the line is not lost."""
+    events: list[Any] = []
+
+    async def main() -> None:
+        async def handler(reader: StreamReader) -> None:
+            while True:
+                try:
+                    line = await reader.readline()
+                except asyncio.CancelledError:
+                    events.append("cancelled")
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    continue
+                events.append(line)
+                if not line:
+                    return
+
+        reader, task = await _start(handler)
+        reader.data_received(b"handed over\n")  # inside this task: resumed by its own
+        task.cancel()  # ... which is cancelled before it runs
+        await _from_callback(reader.eof_received)
+        await asyncio.wait_for(task, CLIENT_TIMEOUT)
+        assert events == ["cancelled", b"handed over\n", b""]
+
+    _run(main(), event_loop)
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_with_a_task_factory_reads_wait_in_futures_and_still_arrive(event_loop: str) -> None:
+    """A task factory may start tasks eagerly, inside the handler's step: reads must then
+    wait in loop futures (a parked read would reach the wrong task)."""
+    lines: list[bytes] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        # Eager tasks are the stdlib loop's (3.12+; uvloop passes arguments they refuse).
+        factory = getattr(asyncio, "eager_task_factory", None) if event_loop == "asyncio" else None
+        if factory is None:
+
+            def factory(loop: Any, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+                return asyncio.Task(coro, loop=loop, **kwargs)
+
+        loop.set_task_factory(factory)
+        try:
+            await check()
+        finally:
+            loop.set_task_factory(None)
+
+    async def check() -> None:
+
+        async def handler(reader: StreamReader) -> None:
+            lines.append(await asyncio.create_task(reader.readline()))
+            while line := await reader.readline():
+                lines.append(line)
+
+        reader, task = await _start(handler)
+        await _from_callback(lambda: reader.data_received(b"by a task\n"))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert isinstance(reader._waiter, asyncio.Future)  # the handler's own read
+        await _from_callback(lambda: reader.data_received(b"by the handler\n"))
+        await _from_callback(reader.eof_received)
+        await asyncio.wait_for(task, CLIENT_TIMEOUT)
+        assert lines == [b"by a task\n", b"by the handler\n"]
+
+    _run(main(), event_loop)
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_errors_reach_a_parked_read(event_loop: str) -> None:
+    """An idle timeout and a line over the limit end the parked read with their error."""
+    outcomes: list[Any] = []
+
+    async def main() -> None:
+        timed_out = asyncio.get_running_loop().create_future()
+
+        async def handler(reader: StreamReader) -> None:
+            reader.timeout = 0.01
+            try:
+                await reader.readline()
+            except TimeoutError as exc:
+                outcomes.append(type(exc).__name__)
+                timed_out.set_result(None)
+            reader.timeout = None
+            try:
+                await reader.readline()
+            except ValueError as exc:
+                outcomes.append(type(exc).__name__)
+            outcomes.append(await reader.readline())
+
+        reader, task = await _start(handler)
+        await asyncio.wait_for(timed_out, CLIENT_TIMEOUT)
+        await _from_callback(lambda: reader.data_received(b"x" * 100 + b"\n"))  # limit 64
+        await _from_callback(lambda: reader.data_received(b"fine\n"))
+        await asyncio.wait_for(task, CLIENT_TIMEOUT)
+        assert outcomes == ["ReadTimeoutError", "LineTooLongError", b"fine\n"]
+
+    _run(main(), event_loop)
+
+
 class TaggingHandler(AsyncStreamRequestHandler):
     """Replies to each line with the connection's own tag, kept in a context variable."""
 

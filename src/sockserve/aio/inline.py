@@ -7,15 +7,17 @@ That difference was most of the distance between sockserve's async handlers and 
 uvloop ``Protocol`` in ping-pong (see docs/performance.md).
 
 How: the connection's task awaits an ``InlineDriver``, which resumes the handler coroutine
-itself (``send``/``throw``) instead of letting the task do it. When the handler waits on
-its own reader (the future in ``StreamReader._waiter``), the driver parks the task on a
-future of its own and records the read. The reader, once it has completed that read
-(data, end of stream, error, idle timeout), calls ``resume_inline``, which resumes the
-handler right there, inside the protocol callback. Anything else the handler awaits (a
-sleep, a lock, a drain that has to wait, another task) is handed to the task, which waits
-for it as it would for any coroutine; the handler's next read on its reader parks the task
-again. A connection whose handler only reads and writes is served from the protocol
-callbacks alone, once its task has started it.
+itself (``send``/``throw``) instead of letting the task do it. While it does, the reader
+knows (``StreamReader._driving``) that a read which has to wait comes from the handler's
+own chain, and parks it inline: no loop future, the read yields the reader itself
+(``streams._parked_read``). The driver then parks the task on a future of its own. The
+reader, once it has completed the read (data, end of stream, error, idle timeout),
+leaves the result on itself and calls ``resume_parked``, which resumes the handler right
+there, inside the protocol callback. Anything else the handler awaits (a sleep, a lock, a
+drain that has to wait, another task) is handed to the task, which waits for it as it
+would for any coroutine; the handler's next read parks the task again. A read from any
+other task waits in a loop future, as in asyncio. A connection whose handler only reads
+and writes is served from the protocol callbacks alone, once its task has started it.
 
 What handlers can rely on, inline or not:
 
@@ -31,7 +33,10 @@ What handlers can rely on, inline or not:
 Costs: nothing per message beyond resuming the coroutine; per connection, one future for
 each time the task parks. It relies on ``asyncio.tasks._enter_task``/``_leave_task``
 (present in 3.11-3.13, the functions ``Task`` itself uses); where they are missing the
-server awaits the handler in its task as before (``INLINE_RESUMPTION`` is False).
+server awaits the handler in its task as before (``INLINE_RESUMPTION`` is False). On a
+loop with a task factory (``asyncio.eager_task_factory`` runs a new task's first step
+inside ``create_task``, so inside the handler's), reads wait in futures and each one is
+handed to the task: correct, only slower.
 """
 
 from __future__ import annotations
@@ -39,10 +44,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .streams import StreamReader
+from .streams import NO_DRIVER, StreamReader
 
 try:
     from asyncio.tasks import _enter_task, _leave_task
@@ -69,7 +73,7 @@ class InlineDriver:
         "_context",
         "_loop",
         "_task",
-        "_parked_on",
+        "_may_park",
         "_parking",
         "_outcome",
         "_payload",
@@ -87,9 +91,9 @@ class InlineDriver:
         self._context = context
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[Any] | None = None
-        #: The reader's future the handler waits in while the task is parked, else None.
-        self._parked_on: asyncio.Future[Any] | None = None
-        #: The future the task waits on while the handler is resumed inline.
+        #: Whether the handler's reads may park inline (see ``__await__``).
+        self._may_park = False
+        #: The future the task waits on while the handler is parked in a read.
         self._parking: asyncio.Future[None] | None = None
         self._outcome: int | None = None
         self._payload: Any = None
@@ -99,13 +103,18 @@ class InlineDriver:
         if task is None:
             raise RuntimeError("InlineDriver must be awaited by a task")
         self._task = task
-        self._loop = task.get_loop()
+        loop = self._loop = task.get_loop()
+        # With a task factory (say asyncio.eager_task_factory), create_task() may run a
+        # new task's first step inside the handler's: a read started there must wait in a
+        # future, not park, so reads wait in futures throughout (correct, only slower).
+        self._may_park = loop.get_task_factory() is None
         handler = self._handler
         reader = self._reader
         reader._driver = self
         error: BaseException | None = None  # to throw into the handler when it resumes
         try:
             while True:
+                reader._driving = self._may_park
                 try:
                     if error is None:
                         yielded = handler.send(None)
@@ -113,8 +122,10 @@ class InlineDriver:
                         yielded, error = handler.throw(error), None
                 except StopIteration as stop:
                     return stop.value
-                if yielded is not None and yielded is reader._waiter:
-                    parking = self._park(yielded)
+                finally:
+                    reader._driving = False
+                if yielded is reader:  # parked in a read: resumed by the reader's callback
+                    parking = self._park()
                     try:
                         yield parking
                     except GeneratorExit:
@@ -142,15 +153,14 @@ class InlineDriver:
             handler.close()
             raise
         finally:
-            reader._driver = None
-            self._parked_on = self._parking = self._payload = None
+            reader._driver = NO_DRIVER  # no cycle left between reader and driver
+            self._parking = self._payload = None
 
-    def _park(self, read: asyncio.Future[Any]) -> asyncio.Future[None]:
+    def _park(self) -> asyncio.Future[None]:
         assert self._loop is not None
         parking = self._parking = self._loop.create_future()
         # what Future.__await__ sets before yielding: the task then waits on it
         parking._asyncio_future_blocking = True
-        self._parked_on = read
         self._outcome = None
         return parking
 
@@ -164,36 +174,36 @@ class InlineDriver:
     def _take_interrupted(self) -> tuple[int, Any]:
         """The task was cancelled while parked; the caller throws that into the handler.
 
-        Still waiting in its read: cancel the read, as a task cancels the future it
-        awaits. Handed something else meanwhile: cancel that instead. Finished meanwhile:
-        its result stands, as a task's does when it finishes before the cancellation.
+        Still in a read (parked, or its resumption handed to the task): the read gives
+        up where the error lands in it, putting back data it was handed
+        (``_parked_read``). Handed something else meanwhile: cancel that, as a task
+        cancels the future it awaits. Finished meanwhile: its result stands, as a task's
+        does when it finishes before the cancellation.
         """
-        read = self._parked_on
-        if read is not None:
-            self._parked_on = None
-            read.cancel()  # a read already given its data puts the data back (streams.py)
-            return _RESUME, None
-        outcome, payload = self._take_outcome()
+        outcome, payload = self._outcome, self._payload
+        self._outcome = self._payload = None
         if outcome == _HANDOFF:
             cancel = getattr(payload, "cancel", None)
             if cancel is not None:
                 cancel()
-            return _RESUME, None
-        return outcome, payload
+        elif outcome in (_RETURNED, _RAISED):
+            return outcome, payload
+        return _RESUME, None
 
-    def resume_inline(self, read: asyncio.Future[Any]) -> None:
-        """The reader completed ``read``: resume the handler now if it waits in that read."""
-        if read is not self._parked_on:
-            return  # another reader of this stream (a task of its own), or none
-        if self._parking.done():  # type: ignore[union-attr]  # set when parked
+    def resume_parked(self) -> None:
+        """The reader completed the parked read: resume the handler now, inside the
+        reader's callback, unless the task must resume it (see below)."""
+        parking = self._parking
+        if parking is None or parking.done():
             return  # a cancellation is on its way: the task resumes the handler with it
-        self._parked_on = None
         loop, task = self._loop, self._task  # both set when parked
         try:
             _enter_task(loop, task)  # type: ignore[arg-type]
         except RuntimeError:  # called from inside another task's step: let ours resume it
             self._hand_to_task(_RESUME, None)
             return
+        reader = self._reader
+        reader._driving = True  # (a read parks only if reads may park)
         try:
             yielded = self._context.run(self._send, None)
         except StopIteration as stop:
@@ -201,11 +211,10 @@ class InlineDriver:
         except BaseException as exc:
             self._hand_to_task(_RAISED, exc)
         else:
-            if yielded is not None and yielded is self._reader._waiter:
-                self._parked_on = yielded  # the next read: stay parked
-            else:
+            if yielded is not reader:  # parked again in its next read, or not
                 self._hand_to_task(_HANDOFF, yielded)
         finally:
+            reader._driving = False
             _leave_task(loop, task)  # type: ignore[arg-type]
 
     def _hand_to_task(self, outcome: int, payload: Any) -> None:

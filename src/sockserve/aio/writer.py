@@ -27,13 +27,12 @@ class StreamWriter:
     high-water mark, and raises if the connection is lost.
     """
 
-    __slots__ = ("_transport", "_reader", "write", "_is_closing", "_ready")
+    __slots__ = ("_transport", "_reader", "write", "_ready")
 
     def __init__(self, transport: asyncio.Transport, reader: StreamReader) -> None:
         self._transport = transport
         self._reader = reader
         self.write: Callable[[bytes | bytearray | memoryview], None] = transport.write
-        self._is_closing: Callable[[], bool] = transport.is_closing
         self._ready = reader._ready
 
     @property
@@ -69,7 +68,7 @@ class StreamWriter:
         returns the reader's one done future, so ``await writer.drain()`` creates no
         coroutine and never suspends.
         """
-        if self._reader._is_writing_paused or self._is_closing():
+        if self._reader._is_writing_paused or self._transport.is_closing():
             return self._drain_slowly()
         return self._ready
 
