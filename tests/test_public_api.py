@@ -524,7 +524,9 @@ LAYERS: list[tuple[str, ...]] = [
     # The async mode is a second facade over the same listener and admission stages,
     # layered like the synchronous path inside.
     ("aio.loop", "aio.watchdog", "aio.streams", "aio.writer", "aio.inline", "aio.datagrams"),
-    ("aio.handlers", "aio.connections"),
+    ("aio._fastpath",),  # compiled (optional): it imports nothing of the package
+    ("aio.handlers", "aio.fastpath"),
+    ("aio.connections",),
     ("aio.serve_loop",),
     ("aio.servers",),
     ("aio",),

@@ -7,6 +7,11 @@ first: ``python3 -m pip install -e '.[dev]'``). Every other supported interprete
 PATH (``python3.11`` ...) or under pyenv gets a virtual environment in ``.venvs/`` with
 the project and its test extras, made once and reused. A machine with only one Python runs
 the suite once. Exit status is non-zero if any run failed.
+
+The async mode has an optional compiled fast path (src/sockserve/aio/_fastpath.c, built
+when the project is installed and a C compiler is there). With no pytest arguments, each
+interpreter also runs the async tests once more with it switched off
+(``SOCKSERVE_PURE_PYTHON=1``), so both paths are checked everywhere.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SUPPORTED = ("3.11", "3.12", "3.13")
 VENVS = ROOT / ".venvs"
+#: The tests run a second time with the compiled fast path off.
+PURE_PYTHON_TESTS = ["tests/test_aio.py", "tests/test_aio_inline.py"]
+#: What a venv is rebuilt for when it changes (the C file: its extension is built there).
+INSTALL_INPUTS = ("pyproject.toml", "setup.py", "src/sockserve/aio/_fastpath.c")
 COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
 
 
@@ -34,14 +43,20 @@ def main(pytest_args: list[str]) -> int:
             runs.append((version, [str(venv_python)]))
     totals: dict[str, int] = {}
     failed_versions = []
+    passes: list[tuple[str, list[str], dict[str, str]]] = [("", pytest_args, {})]
+    if not pytest_args:
+        passes.append(
+            (", compiled fast path off", PURE_PYTHON_TESTS, {"SOCKSERVE_PURE_PYTHON": "1"})
+        )
     for version, python in runs:
-        print(f"\n===== Python {version}: {python[0]} =====", flush=True)
-        code, summary = run_pytest(python, pytest_args)
-        for count, kind in COUNT.findall(summary):
-            key = "errors" if kind.startswith("error") else kind
-            totals[key] = totals.get(key, 0) + int(count)
-        if code != 0:
-            failed_versions.append(version)
+        for label, args, extra_env in passes:
+            print(f"\n===== Python {version}{label}: {python[0]} =====", flush=True)
+            code, summary = run_pytest(python, args, extra_env)
+            for count, kind in COUNT.findall(summary):
+                key = "errors" if kind.startswith("error") else kind
+                totals[key] = totals.get(key, 0) + int(count)
+            if code != 0 and version not in failed_versions:
+                failed_versions.append(version)
     print("\n===== summary =====")
     print("pythons: " + ", ".join(v for v, _ in runs))
     if failed_versions:
@@ -95,7 +110,9 @@ def ensure_venv(version: str, python: str) -> Path | None:
     venv = VENVS / f"py{version}"
     venv_python = venv / "bin" / "python"
     stamp = venv / ".sockserve-installed"
-    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    wanted = hashlib.sha256(
+        b"".join((ROOT / name).read_bytes() for name in INSTALL_INPUTS)
+    ).hexdigest()
     if venv_python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return venv_python
     print(f"preparing {venv.relative_to(ROOT)} for Python {version} ...", flush=True)
@@ -111,7 +128,7 @@ def ensure_venv(version: str, python: str) -> Path | None:
     return venv_python
 
 
-def run_pytest(python: list[str], args: list[str]) -> tuple[int, str]:
+def run_pytest(python: list[str], args: list[str], extra_env: dict[str, str]) -> tuple[int, str]:
     """Run pytest, streaming its output; return its exit code and closing line."""
     proc = subprocess.Popen(
         [*python, "-m", "pytest", *args],
@@ -119,7 +136,7 @@ def run_pytest(python: list[str], args: list[str]) -> tuple[int, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=_clean_env(),
+        env={**_clean_env(), **extra_env},
     )
     assert proc.stdout is not None
     last = ""

@@ -28,6 +28,7 @@ from typing import Any
 from ..addresses import format_address
 from ..errors import LineTooLongError, ReadTimeoutError
 from ..handler_errors import call_handle_error
+from . import fastpath  # noqa: F401  (installs the compiled per-message path, if built)
 from .handlers import AsyncBaseRequestHandler
 from .inline import INLINE_RESUMPTION, InlineDriver, await_handler
 from .streams import StreamReader

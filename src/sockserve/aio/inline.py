@@ -217,6 +217,10 @@ class InlineDriver:
             reader._driving = False
             _leave_task(loop, task)  # type: ignore[arg-type]
 
+    #: The method above, under the name the compiled fast path calls for the cases it
+    #: does not take itself (``fastpath.py`` replaces ``resume_parked``).
+    _resume_parked_slowly = resume_parked
+
     def _hand_to_task(self, outcome: int, payload: Any) -> None:
         self._outcome = outcome
         self._payload = payload

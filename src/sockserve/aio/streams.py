@@ -272,6 +272,10 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             self._is_reading_paused = True
             self._transport.pause_reading()
 
+    #: The method above, under the name the compiled fast path calls for every case it
+    #: does not take itself (``fastpath.py`` replaces ``data_received``).
+    _data_received_slowly = data_received
+
     def eof_received(self) -> bool:
         self._eof = True
         self._serve_waiter()
@@ -384,6 +388,10 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             self._keep_if_handed_over(read)
             raise
 
+    #: The coroutine above, which the compiled ``readline`` runs for every case but the
+    #: per-message one (``fastpath.py`` replaces ``readline``).
+    _readline_slowly = readline
+
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes as soon as any are there (all until EOF when ``n < 0``)."""
         if n < 0:
@@ -410,6 +418,9 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         except asyncio.CancelledError:
             self._keep_if_handed_over(read)
             raise
+
+    #: As ``_readline_slowly``, for ``read``.
+    _read_slowly = read
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         """Data up to and including ``separator``.

@@ -1,0 +1,789 @@
+/* The per-message path of an inline-driven async handler, compiled.
+ *
+ * What: StreamReader.data_received and InlineDriver.resume_parked, for the one case that
+ * every ping-pong message takes: the handler is parked in a read of its own, nothing is
+ * buffered, and the chunk is exactly what the read wants. Every other case calls the
+ * Python methods (streams.py, inline.py), which stay the reference: this file repeats
+ * their steps in the same order and must change with them. fastpath.py installs it.
+ *
+ * Why: in Python those two methods were a third of the interpreter's work per message
+ * (about 110 bytecodes and a bytes.find() whose argument parsing alone costs 550 machine
+ * instructions on 3.11), the largest share left between an async handler and a bare
+ * uvloop Protocol (docs/async.md, "Speed").
+ *
+ * How it reads the objects: both classes keep their state in __slots__; install() looks
+ * up each slot's member descriptor once and keeps its offset, so a slot is read and
+ * written here as Python's own LOAD_ATTR_SLOT would. The functions are bound to the
+ * classes as instance methods (PyInstanceMethod_New), so uvloop's cached
+ * protocol.data_received is a bound method that calls straight into C.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <string.h>
+
+/* What a pending read wants (streams.py: _WAKE, _LINE, _SOME). */
+#define WANT_LINE 1
+#define WANT_SOME 2
+
+/* The slots used here, by class. */
+enum {
+    R_WAITER, R_BUFFER, R_WANT, R_WANT_SIZE, R_LIMIT, R_DRIVER, R_PARKED_RESULT,
+    R_PARKED_ERROR, R_DRIVING, R_EOF, R_TIMEOUT, R_READING_PAUSED, R_WRITING_PAUSED, R_COUNT
+};
+static const char *const reader_slot_names[R_COUNT] = {
+    "_waiter", "_buffer", "_want", "_want_size", "limit", "_driver", "_parked_result",
+    "_parked_error", "_driving", "_eof", "timeout", "_is_reading_paused", "_is_writing_paused",
+};
+enum { W_READER, W_TRANSPORT, W_READY, W_COUNT };
+static const char *const writer_slot_names[W_COUNT] = {"_reader", "_transport", "_ready"};
+enum { D_PARKING, D_LOOP, D_TASK, D_CONTEXT, D_HANDLER, D_READER, D_COUNT };
+static const char *const driver_slot_names[D_COUNT] = {
+    "_parking", "_loop", "_task", "_context", "_handler", "_reader",
+};
+
+typedef struct {
+    PyTypeObject *reader_type;
+    PyTypeObject *driver_type;
+    PyTypeObject *writer_type;
+    Py_ssize_t reader_slots[R_COUNT];
+    Py_ssize_t driver_slots[D_COUNT];
+    Py_ssize_t writer_slots[W_COUNT];
+    PyObject *enter_task;         /* asyncio.tasks._enter_task */
+    PyObject *leave_task;         /* asyncio.tasks._leave_task */
+    PyObject *str_done;           /* "done" */
+    PyObject *str_hand_to_task;   /* "_hand_to_task" */
+    PyObject *str_resume_parked;  /* "resume_parked" */
+    PyObject *str_data_received;  /* "_data_received_slowly" */
+    PyObject *str_resume_slowly;  /* "_resume_parked_slowly" */
+    PyObject *str_readline_slowly, *str_read_slowly, *str_drain_slowly, *str_give_up;
+    PyObject *str_is_closing, *str_throw, *str_close;
+    PyObject *want_line, *want_some;  /* streams.py's _LINE and _SOME */
+    PyObject *outcome_handoff, *outcome_returned, *outcome_raised;  /* inline.py's */
+} fastpath_state;
+
+/* One set of bindings per process: install() is called once, by fastpath.py. */
+static fastpath_state state;
+static int installed = 0;
+
+#define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
+#define READER(obj, name) SLOT(obj, state.reader_slots[name])
+#define DRIVER(obj, name) SLOT(obj, state.driver_slots[name])
+#define WRITER(obj, name) SLOT(obj, state.writer_slots[name])
+
+static inline void
+set_slot(PyObject *obj, Py_ssize_t offset, PyObject *value)
+{
+    Py_XSETREF(SLOT(obj, offset), Py_NewRef(value));
+}
+
+/* A Python int slot as a C integer; -1 with no error set if it is not a plain int. */
+static inline Py_ssize_t
+int_slot(PyObject *value)
+{
+    if (value == NULL || !PyLong_CheckExact(value)) {
+        return -1;
+    }
+    Py_ssize_t result = PyLong_AsSsize_t(value);
+    if (result == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    return result;
+}
+
+/* The exception being raised, taken out of the thread's error state. */
+static PyObject *
+take_error(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *error = PyErr_GetRaisedException();
+#else
+    PyObject *type, *error, *traceback;
+    PyErr_Fetch(&type, &error, &traceback);
+    PyErr_NormalizeException(&type, &error, &traceback);
+    if (error != NULL && traceback != NULL) {
+        PyException_SetTraceback(error, traceback);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+#endif
+    return error != NULL ? error : Py_NewRef(Py_None);
+}
+
+/* InlineDriver._hand_to_task(outcome, payload), in Python. */
+static PyObject *
+hand_to_task(PyObject *driver, PyObject *outcome, PyObject *payload)
+{
+    PyObject *args[3] = {driver, outcome, payload};
+    return PyObject_VectorcallMethod(
+        state.str_hand_to_task, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* InlineDriver.resume_parked: inline.py's steps. Anything out of the ordinary (not
+ * parked yet, the task's current-task slot taken, a slot unset) goes to the Python
+ * method, which is written for every case. */
+static PyObject *
+resume_parked(PyObject *driver)
+{
+    PyObject *parking = DRIVER(driver, D_PARKING);
+    PyObject *loop = DRIVER(driver, D_LOOP);
+    PyObject *task = DRIVER(driver, D_TASK);
+    PyObject *context = DRIVER(driver, D_CONTEXT);
+    PyObject *handler = DRIVER(driver, D_HANDLER);
+    PyObject *reader = DRIVER(driver, D_READER);
+    if (parking == NULL || parking == Py_None || loop == NULL || task == NULL
+        || context == NULL || !PyContext_CheckExact(context) || handler == NULL
+        || reader == NULL || !PyObject_TypeCheck(reader, state.reader_type)) {
+        return PyObject_CallMethodNoArgs(driver, state.str_resume_slowly);
+    }
+    PyObject *done = PyObject_CallMethodNoArgs(parking, state.str_done);
+    if (done == NULL) {
+        return NULL;
+    }
+    int is_done = PyObject_IsTrue(done);
+    Py_DECREF(done);
+    if (is_done != 0) {
+        /* a cancellation is on its way: the task resumes the handler with it */
+        return is_done < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    PyObject *pair[2] = {loop, task};
+    PyObject *entered = PyObject_Vectorcall(state.enter_task, pair, 2, NULL);
+    if (entered == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_RuntimeError)) {
+            return NULL;
+        }
+        /* inside another task's step: the Python method hands the resumption over */
+        PyErr_Clear();
+        return PyObject_CallMethodNoArgs(driver, state.str_resume_slowly);
+    }
+    Py_DECREF(entered);
+    /* Hold what the handler's code may replace while it runs. */
+    Py_INCREF(driver);
+    Py_INCREF(loop);
+    Py_INCREF(task);
+    Py_INCREF(reader);
+    Py_INCREF(handler);
+    Py_INCREF(context);
+    set_slot(reader, state.reader_slots[R_DRIVING], Py_True);
+
+    PyObject *yielded = NULL;
+    PySendResult sent;
+    if (PyContext_Enter(context) < 0) {
+        sent = PYGEN_ERROR;
+    }
+    else {
+        sent = PyIter_Send(handler, Py_None, &yielded);
+        if (PyContext_Exit(context) < 0 && sent != PYGEN_ERROR) {
+            Py_CLEAR(yielded);
+            sent = PYGEN_ERROR;
+        }
+    }
+    PyObject *error = sent == PYGEN_ERROR ? take_error() : NULL;
+
+    set_slot(reader, state.reader_slots[R_DRIVING], Py_False);
+    PyObject *left = PyObject_Vectorcall(state.leave_task, pair, 2, NULL);
+    PyObject *result = NULL;
+    if (left == NULL) {
+        /* as the Python method's finally clause: this error replaces the outcome */
+        Py_XDECREF(yielded);
+        Py_XDECREF(error);
+        goto done;
+    }
+    Py_DECREF(left);
+    if (sent == PYGEN_NEXT) {
+        if (yielded == reader) {
+            result = Py_NewRef(Py_None);  /* parked again, in its next read */
+        }
+        else {
+            result = hand_to_task(driver, state.outcome_handoff, yielded);
+        }
+        Py_DECREF(yielded);
+    }
+    else if (sent == PYGEN_RETURN) {
+        result = hand_to_task(driver, state.outcome_returned, yielded);
+        Py_DECREF(yielded);
+    }
+    else {
+        result = hand_to_task(driver, state.outcome_raised, error);
+        Py_DECREF(error);
+    }
+done:
+    Py_DECREF(context);
+    Py_DECREF(handler);
+    Py_DECREF(reader);
+    Py_DECREF(task);
+    Py_DECREF(loop);
+    Py_DECREF(driver);
+    return result;
+}
+
+/* StreamReader.data_received: the parked-read case here, every other in Python. */
+static PyObject *
+data_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "data_received() takes exactly one argument");
+        return NULL;
+    }
+    PyObject *self = args[0];
+    PyObject *data = args[1];
+    if (!installed || !PyObject_TypeCheck(self, state.reader_type)) {
+        PyErr_SetString(PyExc_TypeError, "data_received() needs a sockserve StreamReader");
+        return NULL;
+    }
+    PyObject *buffer = READER(self, R_BUFFER);
+    if (READER(self, R_WAITER) == self && PyBytes_CheckExact(data) && buffer != NULL
+        && PyByteArray_CheckExact(buffer) && PyByteArray_GET_SIZE(buffer) == 0) {
+        Py_ssize_t size = PyBytes_GET_SIZE(data);
+        Py_ssize_t want = int_slot(READER(self, R_WANT));
+        int wanted = 0;
+        if (want == WANT_LINE) {
+            const char *bytes = PyBytes_AS_STRING(data);
+            Py_ssize_t limit = int_slot(READER(self, R_LIMIT));
+            wanted = size > 0 && memchr(bytes, '\n', (size_t)size) == bytes + size - 1
+                     && limit >= 0 && size <= limit;
+        }
+        else if (want == WANT_SOME) {
+            Py_ssize_t want_size = int_slot(READER(self, R_WANT_SIZE));
+            wanted = want_size >= 0 && size <= want_size;
+        }
+        PyObject *driver = READER(self, R_DRIVER);
+        if (wanted && driver != NULL) {
+            /* the handler's own read: resume the handler now */
+            set_slot(self, state.reader_slots[R_WAITER], Py_None);
+            set_slot(self, state.reader_slots[R_PARKED_RESULT], data);
+            Py_INCREF(driver);
+            PyObject *result = Py_IS_TYPE(driver, state.driver_type)
+                                   ? resume_parked(driver)
+                                   : PyObject_CallMethodNoArgs(driver, state.str_resume_parked);
+            Py_DECREF(driver);
+            return result;
+        }
+    }
+    PyObject *call[2] = {self, data};
+    return PyObject_VectorcallMethod(
+        state.str_data_received, call, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* InlineDriver.resume_parked, for a driver the reader calls through Python. */
+static PyObject *
+resume_parked_method(PyObject *module, PyObject *driver)
+{
+    if (!installed || !Py_IS_TYPE(driver, state.driver_type)) {
+        PyErr_SetString(PyExc_TypeError, "resume_parked() needs a sockserve InlineDriver");
+        return NULL;
+    }
+    return resume_parked(driver);
+}
+
+/* ---- reads: readline() and read(n) as one small awaitable object ------------------
+ *
+ * StreamReader.readline/read are coroutines in Python (streams.py). Here they return a
+ * Read: an object with send/throw/close and __await__, registered as a
+ * collections.abc.Coroutine (so create_task() and ensure_future() take it). Its first
+ * step does what the Python coroutine's first lines do for the per-message case (the
+ * handler's own read, nothing buffered: park inline, yielding the reader); in every
+ * other case it runs the Python coroutine (_readline_slowly / _read_slowly) and passes
+ * each step through, as ``await`` would. Parked, it ends as _parked_read does. */
+
+enum { READ_NEW, READ_PARKED, READ_DELEGATING, READ_FINISHED };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *reader;
+    PyObject *inner;  /* the Python coroutine, while delegating */
+    Py_ssize_t size;  /* read(n): n */
+    int want;         /* WANT_LINE or WANT_SOME */
+    int stage;
+} ReadObject;
+
+static PyTypeObject *read_type;
+
+static PyObject *
+read_new(PyObject *reader, int want, Py_ssize_t size)
+{
+    ReadObject *read = PyObject_GC_New(ReadObject, read_type);
+    if (read == NULL) {
+        return NULL;
+    }
+    read->reader = Py_NewRef(reader);
+    read->inner = NULL;
+    read->size = size;
+    read->want = want;
+    read->stage = READ_NEW;
+    PyObject_GC_Track(read);
+    return (PyObject *)read;
+}
+
+static int
+read_traverse(ReadObject *read, visitproc visit, void *arg)
+{
+    Py_VISIT(read->reader);
+    Py_VISIT(read->inner);
+    return 0;
+}
+
+static int
+read_clear(ReadObject *read)
+{
+    Py_CLEAR(read->reader);
+    Py_CLEAR(read->inner);
+    return 0;
+}
+
+static void
+read_dealloc(ReadObject *read)
+{
+    PyObject_GC_UnTrack(read);
+    read_clear(read);
+    PyObject_GC_Del(read);
+}
+
+/* Can this read park inline now? (streams.py: readline's/read's first branch) */
+static int
+read_can_park(PyObject *reader)
+{
+    PyObject *buffer = READER(reader, R_BUFFER);
+    return buffer != NULL && PyByteArray_CheckExact(buffer) && PyByteArray_GET_SIZE(buffer) == 0
+           && READER(reader, R_EOF) == Py_False && READER(reader, R_DRIVING) == Py_True
+           && READER(reader, R_WAITER) == Py_None && READER(reader, R_TIMEOUT) == Py_None
+           && READER(reader, R_READING_PAUSED) == Py_False;
+}
+
+static PySendResult
+read_delegate(ReadObject *read, PyObject *arg, PyObject **result)
+{
+    if (read->inner == NULL) {
+        if (read->want == WANT_LINE) {
+            read->inner = PyObject_CallMethodNoArgs(read->reader, state.str_readline_slowly);
+        }
+        else {
+            PyObject *size = PyLong_FromSsize_t(read->size);
+            if (size != NULL) {
+                read->inner = PyObject_CallMethodOneArg(read->reader, state.str_read_slowly, size);
+                Py_DECREF(size);
+            }
+        }
+        if (read->inner == NULL) {
+            read->stage = READ_FINISHED;
+            return PYGEN_ERROR;
+        }
+        read->stage = READ_DELEGATING;
+    }
+    PySendResult sent = PyIter_Send(read->inner, arg, result);
+    if (sent != PYGEN_NEXT) {
+        read->stage = READ_FINISHED;
+        Py_CLEAR(read->inner);
+    }
+    return sent;
+}
+
+static PySendResult
+read_send(ReadObject *read, PyObject *arg, PyObject **result)
+{
+    PyObject *reader = read->reader;
+    switch (read->stage) {
+    case READ_NEW:
+        if (read->want == WANT_SOME && read->size <= 0) {
+            return read_delegate(read, arg, result);
+        }
+        if (read_can_park(reader)) {
+            set_slot(reader, state.reader_slots[R_WAITER], reader);
+            set_slot(reader, state.reader_slots[R_WANT],
+                     read->want == WANT_LINE ? state.want_line : state.want_some);
+            if (read->want == WANT_SOME) {
+                PyObject *size = PyLong_FromSsize_t(read->size);
+                if (size == NULL) {
+                    set_slot(reader, state.reader_slots[R_WAITER], Py_None);
+                    read->stage = READ_FINISHED;
+                    return PYGEN_ERROR;
+                }
+                Py_XSETREF(SLOT(reader, state.reader_slots[R_WANT_SIZE]), size);
+            }
+            read->stage = READ_PARKED;
+            *result = Py_NewRef(reader);
+            return PYGEN_NEXT;
+        }
+        return read_delegate(read, arg, result);
+    case READ_PARKED: {
+        /* resumed: the callback left the result (or the error) on the reader */
+        read->stage = READ_FINISHED;
+        PyObject *error = READER(reader, R_PARKED_ERROR);
+        if (error != NULL && error != Py_None) {
+            Py_INCREF(error);
+            set_slot(reader, state.reader_slots[R_PARKED_ERROR], Py_None);
+            PyErr_SetObject((PyObject *)Py_TYPE(error), error);
+            Py_DECREF(error);
+            return PYGEN_ERROR;
+        }
+        PyObject *value = READER(reader, R_PARKED_RESULT);
+        *result = Py_NewRef(value != NULL ? value : Py_None);
+        set_slot(reader, state.reader_slots[R_PARKED_RESULT], Py_None);
+        return PYGEN_RETURN;
+    }
+    case READ_DELEGATING:
+        return read_delegate(read, arg, result);
+    default:
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse already awaited coroutine");
+        return PYGEN_ERROR;
+    }
+}
+
+/* The read gives up where an exception lands in it (cancelled, closed). */
+static int
+read_give_up(ReadObject *read)
+{
+    if (read->stage != READ_PARKED) {
+        return 0;
+    }
+    read->stage = READ_FINISHED;
+    PyObject *done = PyObject_CallMethodNoArgs(read->reader, state.str_give_up);
+    if (done == NULL) {
+        return -1;
+    }
+    Py_DECREF(done);
+    return 0;
+}
+
+static PyObject *
+stop_iteration(PyObject *value)
+{
+    PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (stop != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+    }
+    return NULL;
+}
+
+static PyObject *
+read_method_send(ReadObject *read, PyObject *arg)
+{
+    PyObject *result = NULL;
+    PySendResult sent = read_send(read, arg, &result);
+    if (sent == PYGEN_NEXT) {
+        return result;
+    }
+    if (sent == PYGEN_RETURN) {
+        stop_iteration(result);
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+static PyObject *
+read_iternext(ReadObject *read)
+{
+    return read_method_send(read, Py_None);
+}
+
+static PyObject *
+read_method_throw(ReadObject *read, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw expected 1 to 3 arguments");
+        return NULL;
+    }
+    if (read->stage == READ_DELEGATING) {
+        PyObject *throw = PyObject_GetAttr(read->inner, state.str_throw);
+        if (throw == NULL) {
+            return NULL;
+        }
+        PyObject *result = PyObject_Vectorcall(throw, args, (size_t)nargs, NULL);
+        Py_DECREF(throw);
+        if (result == NULL) {
+            read->stage = READ_FINISHED;
+            Py_CLEAR(read->inner);
+        }
+        return result;
+    }
+    if (read_give_up(read) < 0) {
+        return NULL;
+    }
+    read->stage = READ_FINISHED;
+    /* raise what was thrown: an exception instance, or a class (and its value) */
+    PyObject *kind = args[0];
+    PyObject *value = nargs > 1 ? args[1] : Py_None;
+    if (PyExceptionInstance_Check(kind)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(kind), kind);
+    }
+    else if (PyExceptionClass_Check(kind)) {
+        PyErr_SetObject(kind, value);
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException");
+    }
+    return NULL;
+}
+
+static PyObject *
+read_method_close(ReadObject *read, PyObject *unused)
+{
+    if (read->stage == READ_DELEGATING) {
+        PyObject *inner = read->inner;
+        read->inner = NULL;
+        read->stage = READ_FINISHED;
+        PyObject *result = PyObject_CallMethodNoArgs(inner, state.str_close);
+        Py_DECREF(inner);
+        return result;
+    }
+    if (read_give_up(read) < 0) {
+        return NULL;
+    }
+    read->stage = READ_FINISHED;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+read_await(ReadObject *read)
+{
+    return Py_NewRef(read);
+}
+
+static PyObject *
+read_method_await(ReadObject *read, PyObject *unused)
+{
+    return read_await(read);
+}
+
+static PyMethodDef read_methods[] = {
+    {"send", (PyCFunction)read_method_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))read_method_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)read_method_close, METH_NOARGS, NULL},
+    {"__await__", (PyCFunction)read_method_await, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods read_as_async = {
+    .am_await = (unaryfunc)read_await,
+    .am_send = (sendfunc)read_send,
+};
+
+static PyTypeObject read_type_spec = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sockserve.aio._fastpath.Read",
+    .tp_doc = "A pending readline()/read() of a sockserve StreamReader (a coroutine).",
+    .tp_basicsize = sizeof(ReadObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)read_dealloc,
+    .tp_traverse = (traverseproc)read_traverse,
+    .tp_clear = (inquiry)read_clear,
+    .tp_as_async = &read_as_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)read_iternext,
+    .tp_methods = read_methods,
+};
+
+/* StreamReader.readline() */
+static PyObject *
+reader_readline(PyObject *module, PyObject *self)
+{
+    if (!installed || !PyObject_TypeCheck(self, state.reader_type)) {
+        PyErr_SetString(PyExc_TypeError, "readline() needs a sockserve StreamReader");
+        return NULL;
+    }
+    return read_new(self, WANT_LINE, -1);
+}
+
+/* StreamReader.read(n=-1); any other way of calling it goes to the Python coroutine. */
+static PyObject *
+reader_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (!installed || nargs < 1 || !PyObject_TypeCheck(args[0], state.reader_type)) {
+        PyErr_SetString(PyExc_TypeError, "read() needs a sockserve StreamReader");
+        return NULL;
+    }
+    PyObject *self = args[0];
+    if (kwnames == NULL && nargs <= 2 && (nargs == 1 || PyLong_CheckExact(args[1]))) {
+        Py_ssize_t size = nargs == 1 ? -1 : PyLong_AsSsize_t(args[1]);
+        if (!(size == -1 && PyErr_Occurred())) {
+            return read_new(self, WANT_SOME, size);
+        }
+        PyErr_Clear();
+    }
+    PyObject *method = PyObject_GetAttr(self, state.str_read_slowly);
+    if (method == NULL) {
+        return NULL;
+    }
+    PyObject *result = PyObject_Vectorcall(method, args + 1, (size_t)(nargs - 1), kwnames);
+    Py_DECREF(method);
+    return result;
+}
+
+/* StreamWriter.drain(): writer.py's test, then its ready future or _drain_slowly(). */
+static PyObject *
+writer_drain(PyObject *module, PyObject *self)
+{
+    if (!installed || !PyObject_TypeCheck(self, state.writer_type)) {
+        PyErr_SetString(PyExc_TypeError, "drain() needs a sockserve StreamWriter");
+        return NULL;
+    }
+    PyObject *reader = WRITER(self, W_READER);
+    PyObject *transport = WRITER(self, W_TRANSPORT);
+    PyObject *ready = WRITER(self, W_READY);
+    if (reader != NULL && transport != NULL && ready != NULL
+        && PyObject_TypeCheck(reader, state.reader_type)
+        && READER(reader, R_WRITING_PAUSED) == Py_False) {
+        PyObject *closing = PyObject_CallMethodNoArgs(transport, state.str_is_closing);
+        if (closing == NULL) {
+            return NULL;
+        }
+        int is_closing = PyObject_IsTrue(closing);
+        Py_DECREF(closing);
+        if (is_closing < 0) {
+            return NULL;
+        }
+        if (!is_closing) {
+            return Py_NewRef(ready);
+        }
+    }
+    return PyObject_CallMethodNoArgs(self, state.str_drain_slowly);
+}
+
+/* The offsets of ``names`` in ``cls``'s slots; -1 on error. */
+static int
+find_slots(PyTypeObject *cls, const char *const *names, Py_ssize_t *offsets, int count)
+{
+    for (int i = 0; i < count; i++) {
+        PyObject *descr = PyObject_GetAttrString((PyObject *)cls, names[i]);
+        if (descr == NULL) {
+            return -1;
+        }
+        int is_slot = Py_IS_TYPE(descr, &PyMemberDescr_Type)
+                      && ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
+        if (is_slot) {
+            offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        }
+        Py_DECREF(descr);
+        if (!is_slot) {
+            PyErr_Format(PyExc_TypeError, "%s.%s is not an object slot", cls->tp_name, names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyMethodDef method_defs[] = {
+    {"data_received", (PyCFunction)(void (*)(void))data_received, METH_FASTCALL,
+     "StreamReader.data_received, the per-message case compiled."},
+    {"resume_parked", (PyCFunction)resume_parked_method, METH_O,
+     "InlineDriver.resume_parked, compiled."},
+    {"readline", (PyCFunction)reader_readline, METH_O, "StreamReader.readline(), compiled."},
+    {"read", (PyCFunction)(void (*)(void))reader_read, METH_FASTCALL | METH_KEYWORDS,
+     "StreamReader.read(n=-1), compiled."},
+    {"drain", (PyCFunction)writer_drain, METH_O, "StreamWriter.drain(), compiled."},
+};
+#define METHOD_COUNT ((Py_ssize_t)(sizeof(method_defs) / sizeof(method_defs[0])))
+
+static PyObject *
+intern(const char *name, int *failed)
+{
+    PyObject *string = PyUnicode_InternFromString(name);
+    if (string == NULL) {
+        *failed = 1;
+    }
+    return string;
+}
+
+/* install(reader_class, driver_class, writer_class, enter_task, leave_task, handoff,
+ *         returned, raised, want_line, want_some)
+ * -> instance methods, in method_defs' order, for the classes to take. Once per process. */
+static PyObject *
+install(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10 || !PyType_Check(args[0]) || !PyType_Check(args[1])
+        || !PyType_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "install(reader_class, driver_class, writer_class, enter_task, "
+                        "leave_task, handoff, returned, raised, want_line, want_some)");
+        return NULL;
+    }
+    if (installed) {
+        PyErr_SetString(PyExc_RuntimeError, "the fast path is installed already");
+        return NULL;
+    }
+    if (!PyLong_CheckExact(args[8]) || PyLong_AsLong(args[8]) != WANT_LINE
+        || !PyLong_CheckExact(args[9]) || PyLong_AsLong(args[9]) != WANT_SOME) {
+        PyErr_SetString(PyExc_ValueError, "streams.py's _LINE/_SOME are not this file's");
+        return NULL;
+    }
+    fastpath_state s = {0};
+    s.reader_type = (PyTypeObject *)args[0];
+    s.driver_type = (PyTypeObject *)args[1];
+    s.writer_type = (PyTypeObject *)args[2];
+    if (find_slots(s.reader_type, reader_slot_names, s.reader_slots, R_COUNT) < 0
+        || find_slots(s.driver_type, driver_slot_names, s.driver_slots, D_COUNT) < 0
+        || find_slots(s.writer_type, writer_slot_names, s.writer_slots, W_COUNT) < 0) {
+        return NULL;
+    }
+    int failed = 0;
+    s.str_done = intern("done", &failed);
+    s.str_hand_to_task = intern("_hand_to_task", &failed);
+    s.str_resume_parked = intern("resume_parked", &failed);
+    s.str_data_received = intern("_data_received_slowly", &failed);
+    s.str_resume_slowly = intern("_resume_parked_slowly", &failed);
+    s.str_readline_slowly = intern("_readline_slowly", &failed);
+    s.str_read_slowly = intern("_read_slowly", &failed);
+    s.str_drain_slowly = intern("_drain_slowly", &failed);
+    s.str_give_up = intern("_give_up_parked_read", &failed);
+    s.str_is_closing = intern("is_closing", &failed);
+    s.str_throw = intern("throw", &failed);
+    s.str_close = intern("close", &failed);
+    PyObject *result = failed ? NULL : PyTuple_New(METHOD_COUNT);
+    for (Py_ssize_t i = 0; result != NULL && i < METHOD_COUNT; i++) {
+        PyObject *function = PyCFunction_New(&method_defs[i], module);
+        PyObject *method = function == NULL ? NULL : PyInstanceMethod_New(function);
+        Py_XDECREF(function);
+        if (method == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyTuple_SET_ITEM(result, i, method);
+    }
+    if (result == NULL) {
+        /* the interned names are immortal enough to leave; nothing else was taken */
+        return NULL;
+    }
+    Py_INCREF(s.reader_type);
+    Py_INCREF(s.driver_type);
+    Py_INCREF(s.writer_type);
+    s.enter_task = Py_NewRef(args[3]);
+    s.leave_task = Py_NewRef(args[4]);
+    s.outcome_handoff = Py_NewRef(args[5]);
+    s.outcome_returned = Py_NewRef(args[6]);
+    s.outcome_raised = Py_NewRef(args[7]);
+    s.want_line = Py_NewRef(args[8]);
+    s.want_some = Py_NewRef(args[9]);
+    state = s;
+    installed = 1;
+    return result;
+}
+
+static PyMethodDef module_methods[] = {
+    {"install", (PyCFunction)(void (*)(void))install, METH_FASTCALL,
+     "Bind the compiled fast path to StreamReader and InlineDriver (once per process)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "sockserve.aio._fastpath",
+    .m_doc = "The per-message path of inline-driven async handlers, compiled (fastpath.py).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__fastpath(void)
+{
+    if (PyType_Ready(&read_type_spec) < 0) {
+        return NULL;
+    }
+    read_type = &read_type_spec;
+    PyObject *module = PyModule_Create(&module_def);
+    if (module != NULL && PyModule_AddObjectRef(module, "Read", (PyObject *)read_type) < 0) {
+        Py_CLEAR(module);
+    }
+    return module;
+}
