@@ -1,21 +1,24 @@
 /* The per-message path of an inline-driven async handler, compiled.
  *
- * What: StreamReader.data_received and InlineDriver.resume_parked, for the one case that
- * every ping-pong message takes: the handler is parked in a read of its own, nothing is
- * buffered, and the chunk is exactly what the read wants. Every other case calls the
- * Python methods (streams.py, inline.py), which stay the reference: this file repeats
- * their steps in the same order and must change with them. fastpath.py installs it.
+ * What: StreamReader.data_received, InlineDriver.resume_parked, StreamReader.readline and
+ * read(n), and StreamWriter.drain, for the one case that every ping-pong message takes:
+ * the handler is parked in a read of its own, nothing is buffered, the chunk is exactly
+ * what the read wants, the transport is neither paused nor closing. Every other case
+ * calls the Python methods (streams.py, inline.py, writer.py; kept under *_slowly
+ * names), which stay the reference: this file repeats their steps in the same order and
+ * must change with them. fastpath.py installs it.
  *
- * Why: in Python those two methods were a third of the interpreter's work per message
- * (about 110 bytecodes and a bytes.find() whose argument parsing alone costs 550 machine
- * instructions on 3.11), the largest share left between an async handler and a bare
- * uvloop Protocol (docs/async.md, "Speed").
+ * Why: in Python these were two thirds of the interpreter's work per message (about 170
+ * bytecodes, two generator frames, and a bytes.find() whose argument parsing alone costs
+ * 550 machine instructions on 3.11): the largest share left between an async handler and
+ * a bare uvloop Protocol (docs/async.md, "Speed").
  *
- * How it reads the objects: both classes keep their state in __slots__; install() looks
+ * How it reads the objects: the classes keep their state in __slots__; install() looks
  * up each slot's member descriptor once and keeps its offset, so a slot is read and
- * written here as Python's own LOAD_ATTR_SLOT would. The functions are bound to the
- * classes as instance methods (PyInstanceMethod_New), so uvloop's cached
- * protocol.data_received is a bound method that calls straight into C.
+ * written here as Python's own LOAD_ATTR_SLOT would. The functions become method
+ * descriptors of those classes (PyDescr_NewMethod), as a C type's methods are: the
+ * interpreter calls them without creating a bound method, and uvloop's cached
+ * protocol.data_received calls straight into C.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -220,18 +223,8 @@ done:
 
 /* StreamReader.data_received: the parked-read case here, every other in Python. */
 static PyObject *
-data_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+data_received(PyObject *self, PyObject *data)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "data_received() takes exactly one argument");
-        return NULL;
-    }
-    PyObject *self = args[0];
-    PyObject *data = args[1];
-    if (!installed || !PyObject_TypeCheck(self, state.reader_type)) {
-        PyErr_SetString(PyExc_TypeError, "data_received() needs a sockserve StreamReader");
-        return NULL;
-    }
     PyObject *buffer = READER(self, R_BUFFER);
     if (READER(self, R_WAITER) == self && PyBytes_CheckExact(data) && buffer != NULL
         && PyByteArray_CheckExact(buffer) && PyByteArray_GET_SIZE(buffer) == 0) {
@@ -268,12 +261,8 @@ data_received(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* InlineDriver.resume_parked, for a driver the reader calls through Python. */
 static PyObject *
-resume_parked_method(PyObject *module, PyObject *driver)
+resume_parked_method(PyObject *driver, PyObject *unused)
 {
-    if (!installed || !Py_IS_TYPE(driver, state.driver_type)) {
-        PyErr_SetString(PyExc_TypeError, "resume_parked() needs a sockserve InlineDriver");
-        return NULL;
-    }
     return resume_parked(driver);
 }
 
@@ -577,26 +566,17 @@ static PyTypeObject read_type_spec = {
 
 /* StreamReader.readline() */
 static PyObject *
-reader_readline(PyObject *module, PyObject *self)
+reader_readline(PyObject *self, PyObject *unused)
 {
-    if (!installed || !PyObject_TypeCheck(self, state.reader_type)) {
-        PyErr_SetString(PyExc_TypeError, "readline() needs a sockserve StreamReader");
-        return NULL;
-    }
     return read_new(self, WANT_LINE, -1);
 }
 
 /* StreamReader.read(n=-1); any other way of calling it goes to the Python coroutine. */
 static PyObject *
-reader_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+reader_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (!installed || nargs < 1 || !PyObject_TypeCheck(args[0], state.reader_type)) {
-        PyErr_SetString(PyExc_TypeError, "read() needs a sockserve StreamReader");
-        return NULL;
-    }
-    PyObject *self = args[0];
-    if (kwnames == NULL && nargs <= 2 && (nargs == 1 || PyLong_CheckExact(args[1]))) {
-        Py_ssize_t size = nargs == 1 ? -1 : PyLong_AsSsize_t(args[1]);
+    if (kwnames == NULL && nargs <= 1 && (nargs == 0 || PyLong_CheckExact(args[0]))) {
+        Py_ssize_t size = nargs == 0 ? -1 : PyLong_AsSsize_t(args[0]);
         if (!(size == -1 && PyErr_Occurred())) {
             return read_new(self, WANT_SOME, size);
         }
@@ -606,19 +586,15 @@ reader_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (method == NULL) {
         return NULL;
     }
-    PyObject *result = PyObject_Vectorcall(method, args + 1, (size_t)(nargs - 1), kwnames);
+    PyObject *result = PyObject_Vectorcall(method, args, (size_t)nargs, kwnames);
     Py_DECREF(method);
     return result;
 }
 
 /* StreamWriter.drain(): writer.py's test, then its ready future or _drain_slowly(). */
 static PyObject *
-writer_drain(PyObject *module, PyObject *self)
+writer_drain(PyObject *self, PyObject *unused)
 {
-    if (!installed || !PyObject_TypeCheck(self, state.writer_type)) {
-        PyErr_SetString(PyExc_TypeError, "drain() needs a sockserve StreamWriter");
-        return NULL;
-    }
     PyObject *reader = WRITER(self, W_READER);
     PyObject *transport = WRITER(self, W_TRANSPORT);
     PyObject *ready = WRITER(self, W_READY);
@@ -664,16 +640,20 @@ find_slots(PyTypeObject *cls, const char *const *names, Py_ssize_t *offsets, int
     return 0;
 }
 
+/* The methods, in the order install() returns them; the class each belongs to is
+ * method_classes[i] (0: the reader, 1: the driver, 2: the writer). */
 static PyMethodDef method_defs[] = {
-    {"data_received", (PyCFunction)(void (*)(void))data_received, METH_FASTCALL,
+    {"data_received", (PyCFunction)data_received, METH_O,
      "StreamReader.data_received, the per-message case compiled."},
-    {"resume_parked", (PyCFunction)resume_parked_method, METH_O,
+    {"resume_parked", (PyCFunction)resume_parked_method, METH_NOARGS,
      "InlineDriver.resume_parked, compiled."},
-    {"readline", (PyCFunction)reader_readline, METH_O, "StreamReader.readline(), compiled."},
+    {"readline", (PyCFunction)reader_readline, METH_NOARGS,
+     "StreamReader.readline(), compiled."},
     {"read", (PyCFunction)(void (*)(void))reader_read, METH_FASTCALL | METH_KEYWORDS,
      "StreamReader.read(n=-1), compiled."},
-    {"drain", (PyCFunction)writer_drain, METH_O, "StreamWriter.drain(), compiled."},
+    {"drain", (PyCFunction)writer_drain, METH_NOARGS, "StreamWriter.drain(), compiled."},
 };
+static const int method_classes[] = {0, 1, 0, 0, 2};
 #define METHOD_COUNT ((Py_ssize_t)(sizeof(method_defs) / sizeof(method_defs[0])))
 
 static PyObject *
@@ -688,7 +668,7 @@ intern(const char *name, int *failed)
 
 /* install(reader_class, driver_class, writer_class, enter_task, leave_task, handoff,
  *         returned, raised, want_line, want_some)
- * -> instance methods, in method_defs' order, for the classes to take. Once per process. */
+ * -> method descriptors, in method_defs' order, for the classes to take. Once per process. */
 static PyObject *
 install(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -731,10 +711,11 @@ install(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     s.str_throw = intern("throw", &failed);
     s.str_close = intern("close", &failed);
     PyObject *result = failed ? NULL : PyTuple_New(METHOD_COUNT);
+    PyTypeObject *classes[3] = {s.reader_type, s.driver_type, s.writer_type};
     for (Py_ssize_t i = 0; result != NULL && i < METHOD_COUNT; i++) {
-        PyObject *function = PyCFunction_New(&method_defs[i], module);
-        PyObject *method = function == NULL ? NULL : PyInstanceMethod_New(function);
-        Py_XDECREF(function);
+        /* method descriptors, as a C type's methods are: the interpreter calls them
+         * without binding, and they check that self is an instance of their class */
+        PyObject *method = PyDescr_NewMethod(classes[method_classes[i]], &method_defs[i]);
         if (method == NULL) {
             Py_CLEAR(result);
             break;
