@@ -14,10 +14,13 @@ another source tree (say a copy of ``src/`` from before a change), so before and
 are measured in one run, interleaved, on the same noisy machine.
 
 Servers: ``sockserve`` (AsyncTCPServer + AsyncStreamRequestHandler, readline/write/drain),
+``sockserve-pure`` (the same with the compiled fast path off: SOCKSERVE_PURE_PYTHON=1),
 ``streams`` (asyncio.start_server, the same loop body), ``protocol`` (an asyncio.Protocol
 whose data_received writes back: no task, no await), ``floor`` (the least an awaiting
 handler can cost: a coroutine resumed by data_received with the chunk itself, no task,
 future, reader or line parsing), each on uvloop (if installed) and on the stdlib loop.
+The ratios printed last are the median of the per-round ratios, and their range: a round
+runs every server back to back, so a slow moment of the machine hits them all alike.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ async def bare():
     print(server.sockets[0].getsockname()[1], flush=True)
     await asyncio.Event().wait()
 
-if kind == "sockserve":
+if kind.startswith("sockserve"):
     from sockserve.aio import AsyncStreamRequestHandler, AsyncTCPServer
 
     class Echo(AsyncStreamRequestHandler):
@@ -148,6 +151,8 @@ def measure(kind: str, loop_name: str, args: argparse.Namespace) -> tuple[float,
     if kind == "sockserve@base":
         kind = "sockserve"
         env = {**os.environ, "PYTHONPATH": args.baseline}
+    elif kind == "sockserve-pure":
+        env = {**os.environ, "SOCKSERVE_PURE_PYTHON": "1"}
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER, kind, loop_name], stdout=subprocess.PIPE, text=True, env=env
     )
@@ -178,7 +183,7 @@ def main() -> None:
     loops = ["uvloop", "asyncio"] if importlib.util.find_spec("uvloop") else ["asyncio"]
     if args.loops:
         loops = [loop for loop in loops if loop in args.loops.split(",")]
-    kinds = ["sockserve", "streams", "protocol", "floor"]
+    kinds = ["sockserve", "sockserve-pure", "streams", "protocol", "floor"]
     if args.baseline:
         kinds.insert(1, "sockserve@base")
     configs = [(kind, loop) for loop in loops for kind in kinds]
@@ -192,10 +197,14 @@ def main() -> None:
         cpu = statistics.median(us for _, us in runs)
         print(f"{kind + ' / ' + loop:22} {best:14,.0f} {cpu:28.2f}")
     for loop in loops:
-        ours = statistics.median(us for _, us in results[("sockserve", loop)])
+        ours = [us for _, us in results[("sockserve", loop)]]
         for kind in kinds[1:]:
-            theirs = statistics.median(us for _, us in results[(kind, loop)])
-            print(f"{loop}: sockserve is {theirs / ours:.2f}x {kind} (by server CPU per message)")
+            theirs = [us for _, us in results[(kind, loop)]]
+            ratios = sorted(their / our for their, our in zip(theirs, ours, strict=True))
+            print(
+                f"{loop}: sockserve is {statistics.median(ratios):.2f}x {kind} by server CPU"
+                f" per message (median of {len(ratios)} rounds; {ratios[0]:.2f}-{ratios[-1]:.2f})"
+            )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ before ``http.server`` is imported.
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import socket
 import sys
@@ -63,8 +64,15 @@ def launch_stdlib(spec: ServerSpec, host: str) -> None:
 
 
 def launch_sockserve(spec: ServerSpec, host: str) -> None:
+    if spec.options.get("pure_python"):
+        # Read when sockserve.aio.fastpath is first imported, which is below.
+        os.environ["SOCKSERVE_PURE_PYTHON"] = "1"
     server_class = find_sockserve_class(spec.target)
     if spec.options.get("handler") == "async":
+        from sockserve.aio import fastpath
+
+        if spec.options.get("pure_python") and fastpath.ACTIVE:
+            raise RuntimeError("the compiled fast path was installed before it was switched off")
         handler = make_async_echo()
     else:
         import sockserve

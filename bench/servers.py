@@ -77,6 +77,9 @@ class SockserveMode:
     handler: str = "sync"  # "sync": BaseRequestHandler echo; "async": AsyncStreamRequestHandler
     kwargs: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    #: Run with the async mode's compiled fast path off (SOCKSERVE_PURE_PYTHON=1), as on
+    #: a machine that had no C compiler when sockserve was installed.
+    pure_python: bool = False
 
     @property
     def name(self) -> str:
@@ -103,6 +106,9 @@ SOCKSERVE_MODES = (
     ),
     # event_loop="auto": uvloop where it is installed (as a user gets it), else asyncio's.
     SockserveMode("AsyncTCPServer", handler="async"),
+    SockserveMode(
+        "AsyncTCPServer", handler="async", pure_python=True, label="AsyncTCPServer(pure Python)"
+    ),
     # The standard library's loop, to compare with the asyncio peers on the same loop.
     SockserveMode(
         "AsyncTCPServer",
@@ -123,7 +129,12 @@ def _sockserve(mode: SockserveMode, **fields: Any) -> ServerSpec:
         "sockserve",
         "sockserve",
         target=mode.class_name,
-        options={"handler": mode.handler, "kwargs": mode.kwargs, **fields.pop("options", {})},
+        options={
+            "handler": mode.handler,
+            "kwargs": mode.kwargs,
+            "pure_python": mode.pure_python,
+            **fields.pop("options", {}),
+        },
         needs_class=("sockserve", mode.class_name),
         **fields,
     )
