@@ -10,19 +10,18 @@ handler the same lines and bytes as the stream itself.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import importlib.util
 import os
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sockserve.aio import StreamReader, fastpath
-from sockserve.aio.inline import INLINE_RESUMPTION, InlineDriver
+from sockserve.aio.inline import INLINE_RESUMPTION
 from sockserve.aio.streams import receive_buffer
 from test_aio import LOOPS, _FakeTransport, _run
+from test_aio_inline import _start
 
 #: Bounds each case: a failing one must not hang the suite.
 TIMEOUT = 10.0
@@ -86,14 +85,7 @@ def test_any_chunking_gives_the_handler_the_stream(
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        reader = StreamReader(loop, receive_buffer(), limit=4096)
-        reader.connection_made(_FakeTransport())
-        context = contextvars.copy_context()
-
-        async def connection() -> Any:
-            return await InlineDriver(handler(reader), reader, context)
-
-        task = loop.create_task(connection(), context=context)
+        reader, task = await _start(handler, limit=4096)
         for chunk in chunks:
             done = loop.create_future()
             loop.call_soon(lambda c=chunk, d=done: (reader.data_received(c), d.set_result(None)))

@@ -34,10 +34,10 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 Handler = Callable[[StreamReader], Coroutine[Any, Any, Any]]
 
 
-async def _start(handler: Handler) -> tuple[StreamReader, asyncio.Task[Any]]:
+async def _start(handler: Handler, limit: int = 64) -> tuple[StreamReader, asyncio.Task[Any]]:
     """Run ``handler(reader)`` through an InlineDriver in a task, as the server does."""
     loop = asyncio.get_running_loop()
-    reader = StreamReader(loop, receive_buffer(), limit=64)
+    reader = StreamReader(loop, receive_buffer(), limit=limit)
     reader.connection_made(_FakeTransport())
     context = contextvars.copy_context()
 
@@ -61,6 +61,25 @@ async def _from_callback(action: Callable[[], None]) -> None:
 
     asyncio.get_running_loop().call_soon(callback)
     await done
+
+
+def _lines_surviving_cancellation(events: list[Any]) -> Handler:
+    """A handler that records each line read, and "cancelled" for a cancellation it
+    survives (uncancelling its task), until the end of the stream."""
+
+    async def handler(reader: StreamReader) -> None:
+        while True:
+            try:
+                line = await reader.readline()
+            except asyncio.CancelledError:
+                events.append("cancelled")
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                continue
+            events.append(line)
+            if not line:
+                return
+
+    return handler
 
 
 @pytest.mark.parametrize("event_loop", LOOPS)
@@ -97,19 +116,7 @@ def test_a_pending_cancellation_comes_before_data_that_arrives_after_it(
     events: list[Any] = []
 
     async def main() -> None:
-        async def handler(reader: StreamReader) -> None:
-            while True:
-                try:
-                    line = await reader.readline()
-                except asyncio.CancelledError:
-                    events.append("cancelled")
-                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                    continue
-                events.append(line)
-                if not line:
-                    return
-
-        reader, task = await _start(handler)
+        reader, task = await _start(_lines_surviving_cancellation(events))
 
         def cancel_then_data() -> None:
             task.cancel()
@@ -242,19 +249,7 @@ def test_a_line_handed_over_then_cancelled_goes_back_into_the_buffer(event_loop:
     events: list[Any] = []
 
     async def main() -> None:
-        async def handler(reader: StreamReader) -> None:
-            while True:
-                try:
-                    line = await reader.readline()
-                except asyncio.CancelledError:
-                    events.append("cancelled")
-                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
-                    continue
-                events.append(line)
-                if not line:
-                    return
-
-        reader, task = await _start(handler)
+        reader, task = await _start(_lines_surviving_cancellation(events))
         reader.data_received(b"handed over\n")  # inside this task: resumed by its own
         task.cancel()  # ... which is cancelled before it runs
         await _from_callback(reader.eof_received)
