@@ -3,15 +3,19 @@
 The async tests run twice (tools/test.py): with the compiled path when it was built, and
 with ``SOCKSERVE_PURE_PYTHON=1``. These cases pin what only the compiled path could get
 wrong: that it is in use when it should be, that what ``readline()``/``read()`` return is
-a coroutine to asyncio, and that any way of cutting a byte stream into chunks gives the
-handler the same lines and bytes as the stream itself.
+a coroutine to asyncio and keeps a coroutine's rules (no step inside its own step, PEP
+479, no second await, nothing lost when thrown at or dropped), and that any way of
+cutting a byte stream into chunks gives the handler the same lines and bytes as the
+stream itself. tools/test.py runs this file in both passes too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import os
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -55,6 +59,87 @@ def test_reads_are_coroutines_to_asyncio(event_loop: str) -> None:
         reader.eof_received()
         assert await reader.readline() == b""
         assert await reader.read() == b""
+
+    _run(main(), event_loop)
+
+
+def _reader_of(loop: asyncio.AbstractEventLoop) -> StreamReader:
+    reader = StreamReader(loop, receive_buffer())
+    reader.connection_made(_FakeTransport())
+    return reader
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_a_read_refuses_to_be_stepped_from_inside_its_own_step(event_loop: str) -> None:
+    """As a coroutine does ("already executing"), instead of freeing what is running."""
+    nested: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reader = _reader_of(loop)
+        read = reader.readline()
+
+        def create_future() -> asyncio.Future[Any]:  # called inside read's first step
+            try:
+                read.send(None)
+            except ValueError as exc:
+                nested.append(str(exc))
+            return loop.create_future()
+
+        reader._create_future = create_future  # type: ignore[method-assign]
+        assert isinstance(read.send(None), asyncio.Future)
+        read.close()
+
+    _run(main(), event_loop)
+    assert nested == ["coroutine already executing"]
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_a_parked_read_keeps_the_coroutine_rules(event_loop: str) -> None:
+    """A StopIteration thrown in is a RuntimeError (PEP 479); a line handed over and then
+    thrown at goes back into the buffer; a read a task runs cannot be awaited again."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reader = _reader_of(loop)
+        reader._driving = True  # as while a driver runs the handler: the read parks
+        read = reader.readline()
+        assert read.send(None) is reader
+        reader._driving = False
+        reader._waiter, reader._parked_result = None, b"handed over\n"
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            read.throw(StopIteration(7))
+        assert bytes(reader._buffer) == b"handed over\n"
+
+        task = asyncio.ensure_future(reader.readline())
+        await asyncio.sleep(0)  # the task's first step: it takes the buffered line
+        assert await task == b"handed over\n"
+        running = reader.readline()
+        task = asyncio.ensure_future(running)
+        await asyncio.sleep(0)  # now it waits
+
+        async def second() -> Any:
+            return await running
+
+        with pytest.raises(RuntimeError, match="awaited already"):
+            await second()
+        task.cancel()
+
+    _run(main(), event_loop)
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_a_parked_read_dropped_unfinished_gives_its_line_back(event_loop: str) -> None:
+    async def main() -> None:
+        reader = _reader_of(asyncio.get_running_loop())
+        reader._driving = True
+        read = reader.readline()
+        assert read.send(None) is reader
+        reader._driving = False
+        reader._waiter, reader._parked_result = None, b"handed over\n"
+        del read
+        gc.collect()
+        assert bytes(reader._buffer) == b"handed over\n"
 
     _run(main(), event_loop)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import collections.abc
 import os
 
-from .inline import _HANDOFF, _RAISED, _RETURNED, INLINE_RESUMPTION, InlineDriver
+from .inline import _HANDOFF, _RAISED, _RESUME, _RETURNED, INLINE_RESUMPTION, InlineDriver
 from .streams import _LINE, _SOME, StreamReader
 from .writer import StreamWriter
 
@@ -43,6 +43,7 @@ def _install() -> bool:
         _RAISED,
         _LINE,
         _SOME,
+        _RESUME,
     )
     (
         StreamReader.data_received,  # type: ignore[method-assign]
