@@ -376,8 +376,8 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             and self.timeout is None
             and not self._is_reading_paused
         ):
-            # The per-message read, parked inline: _wait()'s first branch, written out
-            # here because the call would cost 4% of a ping-pong message (measured).
+            # The per-message read, parked inline: _wait()'s steps for this case, written
+            # out here because the call would cost 4% of a ping-pong message (measured).
             self._waiter = self
             self._want = _LINE
             return await _parked_read(self)  # type: ignore[no-any-return]
@@ -525,17 +525,6 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         The handler's own read (``_driving``) parks inline; a read from any other task
         gets a loop future.
         """
-        if (
-            self._driving
-            and self._waiter is None
-            and self.timeout is None
-            and not self._is_reading_paused
-        ):
-            # The rest of this method, for the one case of every ping-pong message.
-            self._waiter = self
-            self._want = want
-            self._want_size = size
-            return _parked_read(self)
         waiter = self._waiter
         if waiter is not None and (
             waiter is self or not cast("asyncio.Future[Any]", waiter).done()
