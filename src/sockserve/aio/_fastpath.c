@@ -503,15 +503,20 @@ read_send(ReadObject *read, PyObject *arg, PyObject **result)
     return sent;
 }
 
-/* The read gives up where an exception lands in it (cancelled, closed, dropped). */
+/* End the read where an exception lands in it (thrown at, closed, dropped): a parked
+ * read gives its read up (_give_up_parked_read puts back a line it was handed), and
+ * any read is finished after. */
 static int
-read_give_up(ReadObject *read)
+read_finish(ReadObject *read)
 {
-    if (read->stage != READ_PARKED) {
+    int was_parked = read->stage == READ_PARKED;
+    read->stage = READ_FINISHED;
+    if (!was_parked) {
         return 0;
     }
-    read->stage = READ_FINISHED;
+    read->running = 1;
     PyObject *done = PyObject_CallMethodNoArgs(read->reader, state.str_give_up);
+    read->running = 0;
     if (done == NULL) {
         return -1;
     }
@@ -636,11 +641,7 @@ read_method_throw(ReadObject *read, PyObject *const *args, Py_ssize_t nargs)
     if (error == NULL) {
         return NULL;
     }
-    read->running = 1;
-    int gave_up = read_give_up(read);
-    read->running = 0;
-    read->stage = READ_FINISHED;
-    if (gave_up < 0) {
+    if (read_finish(read) < 0) {
         Py_DECREF(error);
         return NULL;
     }
@@ -666,11 +667,7 @@ read_method_close(ReadObject *read, PyObject *unused)
         Py_DECREF(inner);
         return result;
     }
-    read->running = 1;
-    int gave_up = read_give_up(read);
-    read->running = 0;
-    read->stage = READ_FINISHED;
-    if (gave_up < 0) {
+    if (read_finish(read) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -685,7 +682,7 @@ read_finalize(ReadObject *read)
         return;
     }
     PyObject *error = PyErr_Occurred() ? take_error() : NULL;
-    if (read_give_up(read) < 0) {
+    if (read_finish(read) < 0) {
         PyErr_WriteUnraisable((PyObject *)read);
     }
     if (error != NULL) {
