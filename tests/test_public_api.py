@@ -502,12 +502,16 @@ def test_active_children_before_and_after_a_fork() -> None:
 #: ``metrics`` are leaves anyone may import. A module missing here fails the test: a new
 #: module must be given its place.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "addresses", "metrics"),
+    ("errors", "addresses", "metrics", "episodes"),
     ("listeners", "sockets"),
-    ("connection", "limits", "admission"),
+    ("admission", "admission.*"),
     ("dispatch", "dispatch.*"),
     ("handlers", "handler_errors"),
-    ("serve_loop", "loop_threads"),
+    # The serving core: the request's job, the core, then the selector loop driving it.
+    ("serving.job",),
+    ("serving.core",),
+    ("serving.loop_threads", "serving.pending_preludes"),
+    ("serving.selector_loop", "serving"),
     ("servers",),
     ("mixins",),
     # The pre-fork pool: worker side, process plumbing, the supervising master, the mixin.
@@ -523,7 +527,15 @@ LAYERS: list[tuple[str, ...]] = [
     ("prefork",),
     # The async mode is a second facade over the same listener and admission stages,
     # layered like the synchronous path inside.
-    ("aio.loop", "aio.watchdog", "aio.streams", "aio.writer", "aio.inline", "aio.datagrams"),
+    (
+        "aio.loop",
+        "aio.watchdog",
+        "aio.streams",
+        "aio.writer",
+        "aio.inline",
+        "aio.datagrams",
+        "aio.preludes",
+    ),
     ("aio._fastpath",),  # compiled (optional): it imports nothing of the package
     ("aio.handlers", "aio.fastpath"),
     ("aio.connections",),
@@ -537,7 +549,7 @@ LAYERS: list[tuple[str, ...]] = [
 
 #: Dispatch strategies run callables; they never touch a socket.
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "dispatch": ("listeners", "serve_loop", "servers", "handlers", "mixins"),
+    "dispatch": ("listeners", "serving.selector_loop", "servers", "handlers", "mixins"),
 }
 
 SOURCE_ROOT = Path(sockserve.__file__).resolve().parent
@@ -642,7 +654,7 @@ def read_sources() -> dict[str, tuple[str, bool]]:
 
 def test_imports_follow_the_data_flow() -> None:
     sources = read_sources()
-    assert {"errors", "listeners", "serve_loop", "servers", "mixins", "cli"} <= set(sources)
+    assert {"errors", "listeners", "serving.core", "servers", "mixins", "cli"} <= set(sources)
     problems = layering_violations(sources)
     assert not problems, "imports against the data flow:\n  " + "\n  ".join(problems)
 
@@ -660,8 +672,8 @@ def test_layering_check_catches_a_backward_import() -> None:
     """The checker itself: a strategy importing the facade, a handler importing the loop."""
     sources = {
         "errors": ("", False),
-        "handlers": ("from .serve_loop import ServeLoop\n", False),
-        "serve_loop": ("from . import handlers\n", False),
+        "handlers": ("from .serving.selector_loop import ServeLoop\n", False),
+        "serving.selector_loop": ("from .. import handlers\n", True),
         "dispatch": ("from .threads import ThreadPerRequest\n", True),
         "dispatch.threads": ("def f():\n    from ..servers import TCPServer\n", False),
         "servers": ("from sockserve.errors import SockserveError\n", False),
@@ -669,7 +681,8 @@ def test_layering_check_catches_a_backward_import() -> None:
     }
     problems = layering_violations(sources)
     assert any(
-        p.startswith("sockserve.handlers:1 `from .serve_loop import ServeLoop`") for p in problems
+        p.startswith("sockserve.handlers:1 `from .serving.selector_loop import ServeLoop`")
+        for p in problems
     ), problems
     assert any(
         p.startswith("sockserve.dispatch.threads:2 `from ..servers import TCPServer`")
@@ -678,7 +691,7 @@ def test_layering_check_catches_a_backward_import() -> None:
     ), problems
     assert any("dispatch must not import sockserve.servers" in p for p in problems), problems
     assert any(p.startswith("sockserve.newthing has no place") for p in problems), problems
-    assert not any(p.startswith("sockserve.serve_loop") for p in problems), problems
+    assert not any(p.startswith("sockserve.serving") for p in problems), problems
     assert not any(p.startswith("sockserve.servers") for p in problems), problems
     assert not any(p.startswith("sockserve.dispatch:") for p in problems), problems
     assert len(problems) == 4, problems

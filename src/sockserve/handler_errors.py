@@ -1,10 +1,12 @@
-"""Reporting a handler's exception to ``handle_error`` without letting a second one escape.
+"""How a request ended badly: the peer's doing, or an error to report with a traceback.
 
-A server's ``handle_error`` is user code and may raise too. Both serve loops report
-handler exceptions through ``call_handle_error``, so that a faulty ``handle_error`` costs
-a log line, never the synchronous loop or an async connection's task. Counting the error
-and closing the request stay with each loop: ``serve_loop.report_handler_error`` and
-``aio/connections.report_error``.
+A client that resets, vanishes, stays silent past the handler's timeout or sends a line
+over the limit is routine for a server on a real network: it is a *peer fault*, counted
+by kind in ``stats().peer_faults`` and logged as one line per episode, never as an ERROR
+with a traceback. Anything else a handler raises is a *handler error*: counted, and
+given to ``handle_error`` (which logs it with the traceback). Both loops and every
+dispatcher classify with ``peer_fault_kind`` and report through ``call_handle_error``,
+so a user's own ``handle_error`` sees both kinds in every mode.
 """
 
 from __future__ import annotations
@@ -12,7 +14,27 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from . import errors
 from .addresses import format_address
+
+#: Exceptions that mean the client ended the conversation, by the kind counted.
+PEER_FAULT_KINDS: tuple[tuple[type[BaseException], str], ...] = (
+    (ConnectionError, "reset"),  # reset, broken pipe, aborted: the peer is gone
+    (TimeoutError, "timeout"),  # socket.timeout and ReadTimeoutError: a silent peer
+)
+
+
+def peer_fault_kind(exc: BaseException) -> str | None:
+    """The peer-fault kind of ``exc``, or None when it is a handler error."""
+    for kind, name in PEER_FAULT_KINDS:
+        if isinstance(exc, kind):
+            return name
+    # Looked up, not imported: the class exists only once the async mode created it,
+    # and no exception of it can exist before.
+    line_too_long = vars(errors).get("LineTooLongError")
+    if line_too_long is not None and isinstance(exc, line_too_long):
+        return "line_too_long"
+    return None
 
 
 def call_handle_error(

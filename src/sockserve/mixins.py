@@ -14,8 +14,7 @@ from typing import Any
 
 from .dispatch import ForkPerRequest, ThreadPerRequest, ThreadPool
 from .errors import ConfigurationError
-from .limits import Ticket
-from .serve_loop import ServeLoop, report_handler_error
+from .serving.job import RequestJob, outcome_of_exit, serve_and_close
 
 #: Thread-pool defaults. Each worker serves one connection at a time, so the worker count
 #: is the number of clients served at once; 64 covers a busy small service while keeping
@@ -25,57 +24,10 @@ DEFAULT_MAX_WORKERS = 64
 DEFAULT_MAX_PENDING = 256
 
 
-def _take_ticket(server: Any) -> Ticket:
-    loop: ServeLoop = server._serve_loop
-    return loop.take_ticket()
-
-
-def _serve_and_close(server: Any, request: Any, client_address: Any) -> None:
-    """Run the handler; report an error; always close the request (stdlib semantics)."""
-    try:
-        server.finish_request(request, client_address)
-    except Exception:
-        report_handler_error(server, request, client_address)
-        return
-    except BaseException:
-        server.shutdown_request(request)
-        raise
-    server.shutdown_request(request)
-
-
-class _PooledRequest:
-    """One request on a pool worker: serve it, then (worker already free) close it.
-
-    Same hooks, same order as ``_serve_and_close``; split in two so the pool can count
-    the worker idle before the close lets the client send its next connection.
-    """
-
-    __slots__ = ("_server", "_request", "_client_address", "_ticket", "_closed")
-
-    def __init__(self, server: Any, request: Any, client_address: Any, ticket: Ticket) -> None:
-        self._server = server
-        self._request = request
-        self._client_address = client_address
-        self._ticket = ticket
-        self._closed = False
-
-    def serve(self) -> None:
-        try:
-            self._server.finish_request(self._request, self._client_address)
-        except Exception:
-            self._closed = True  # report_handler_error closes it, whatever happens
-            report_handler_error(self._server, self._request, self._client_address)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        try:
-            if not self._closed:
-                self._closed = True
-                self._server.shutdown_request(self._request)
-        finally:
-            self._ticket.finish()
+def _claim(server: Any, request: Any, client_address: Any) -> RequestJob:
+    """The job the loop handed over with ``request`` (see ``serving/job.py``)."""
+    job: RequestJob = server._core.claim(server, request, client_address)
+    return job
 
 
 def _replies_use_listener(server: Any) -> bool:
@@ -108,28 +60,24 @@ class ThreadingMixIn:
             threads = vars(self).setdefault("_thread_per_request", ThreadPerRequest())
         return threads
 
+    _dispatches_off_loop = True
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Runs on the request's thread: the handler, then error handling and closing."""
-        _serve_and_close(self, request, client_address)
+        serve_and_close(self, request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a thread for the request."""
-        ticket = _take_ticket(self)
+        job = _claim(self, request, client_address)
         try:
             self._threads.submit(
-                partial(self._run_request_thread, request, client_address, ticket),
+                partial(job.run_with, self.process_request_thread),
                 daemon=self.daemon_threads,
                 track=self.block_on_close and not self.daemon_threads,
             )
         except BaseException:
-            ticket.finish()
+            job.finish()
             raise
-
-    def _run_request_thread(self, request: Any, client_address: Any, ticket: Ticket) -> None:
-        try:
-            self.process_request_thread(request, client_address)
-        finally:
-            ticket.finish()
 
     def _dispatch_stats(self) -> tuple[int, int]:
         return 0, len(self._threads)
@@ -195,14 +143,23 @@ class ThreadPoolMixIn:
             return pool_capacity, "pool_full"
         return limit, what
 
+    _dispatches_off_loop = True
+
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Queue the request for the next free worker."""
-        ticket = _take_ticket(self)
-        pooled = _PooledRequest(self, request, client_address, ticket)
+        """Queue the request for the next free worker.
+
+        The worker serves, and closes only once it counts as idle again: the close lets
+        the client send its next connection, which should find the worker free.
+        """
+        job = _claim(self, request, client_address)
         try:
-            self._pool.submit(pooled.serve, daemon=self.daemon_threads, then=pooled.close)
+            self._pool.submit(
+                partial(job.serve, close=False),
+                daemon=self.daemon_threads,
+                then=job.close_and_finish,
+            )
         except BaseException:
-            ticket.finish()
+            job.finish()
             raise
 
     def _dispatch_stats(self) -> tuple[int, int]:
@@ -263,20 +220,23 @@ if hasattr(os, "fork"):
             """Reap children every loop turn."""
             self.collect_children()
 
+        _dispatches_off_loop = True
+
         def process_request(self, request: Any, client_address: Any) -> None:
             """Fork a child for the request; the parent only closes its copy."""
             self.collect_children()
             server: Any = self
-            ticket = _take_ticket(server)
+            job = _claim(server, request, client_address)
             try:
                 pid = self._forks.submit(
-                    partial(self._serve_in_child, request, client_address),
+                    partial(self._serve_in_child, job),
                     in_parent=partial(server.close_request, request),
-                    on_exit=partial(self._child_exited, ticket),
+                    on_exit=partial(self._child_exited, job),
                 )
             except BaseException:
-                ticket.finish()
+                job.finish()
                 raise
+            ticket = job.ticket
             ticket.aborter = partial(os.kill, pid, signal.SIGKILL)
             exit_fd = self._forks.exit_descriptor(pid)
             if exit_fd is not None:
@@ -284,13 +244,14 @@ if hasattr(os, "fork"):
                 ticket.exit_fd = exit_fd
                 server._serve_loop.watch(exit_fd, partial(self._forks.reap_child, pid))
 
-        def _child_exited(self, ticket: Ticket, exit_code: int) -> None:
-            loop: ServeLoop = getattr(self, "_serve_loop")  # noqa: B009
-            if ticket.exit_fd is not None:
-                loop.unwatch(ticket.exit_fd)
-            if exit_code > 0:  # a handler error; negative codes are signals (drain aborts)
-                loop.count_handler_error()
-            ticket.finish()
+        def _child_exited(self, job: RequestJob, exit_code: int) -> None:
+            server: Any = self
+            if job.ticket.exit_fd is not None:
+                server._serve_loop.unwatch(job.ticket.exit_fd)
+            outcome = outcome_of_exit(exit_code)  # None: a signal (a drain's abort)
+            if outcome is not None:
+                server._core.count_outcome(outcome)
+            job.finish()
 
         def _reap_finished_work(self) -> None:
             self._forks.reap()
@@ -299,23 +260,14 @@ if hasattr(os, "fork"):
         def _dispatch_stats(self) -> tuple[int, int]:
             return 0, len(self._forks.children)
 
-        def _serve_in_child(self, request: Any, client_address: Any) -> int:
+        def _serve_in_child(self, job: RequestJob) -> int:
             server: Any = self
             listener = getattr(server, "socket", None)
             if isinstance(listener, socket.socket) and listener.type == socket.SOCK_STREAM:
                 # The child serves one connection; holding the listening socket would keep
                 # the port bound after the parent closes it.
                 listener.close()
-            try:
-                server.finish_request(request, client_address)
-            except Exception:
-                report_handler_error(server, request, client_address)
-                return 1
-            except BaseException:
-                server.shutdown_request(request)
-                raise
-            server.shutdown_request(request)
-            return 0
+            return job.run_in_child()
 
         def server_close(self) -> None:
             super().server_close()  # type: ignore[misc]

@@ -22,17 +22,21 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
-from dataclasses import replace
+from collections.abc import Sequence
 from typing import Any, Self, cast
 
 from .addresses import format_address
-from .connection import unmap_ipv4_client
+from .admission.checks import AdmissionCheck, UnmapIPv4
+from .admission.limits import OVERLOAD_POLICIES
+from .admission.preludes import DEFAULT_MAX_PENDING_PRELUDES, Prelude
 from .errors import ConfigurationError, HandlerClassError
-from .limits import OVERLOAD_POLICIES
+from .handler_errors import peer_fault_kind
 from .listeners import bind_socket, listen_socket
 from .metrics import DrainReport, ServerStats
-from .serve_loop import ServeLoop, Server
+from .serving.core import ServingCore
+from .serving.selector_loop import ServeLoop, Server
 from .sockets import (
     UnixSocketFile,
     bound_unix_socket_file,
@@ -79,6 +83,11 @@ class BaseServer:
       ``DrainReport``. ``server_close()`` still only closes.
     - ``handle_overload(request, client_address)``: called for a request refused at
       capacity under ``overload_policy = "reject"``, before it is closed.
+    - ``add_admission_check(check)`` and ``add_prelude(prelude)`` (or the class
+      attributes ``admission_checks`` and ``preludes``): connection setup, run in the
+      order ``admission/checks.py`` writes down, in every mode.
+    - ``draining``: True once ``drain()`` began; a handler may end a keep-alive
+      connection early.
 
     Class attributes: ``timeout``, ``address_family``, ``socket_type``,
     ``allow_reuse_address``, ``allow_reuse_port``; and sockserve's ``max_connections``
@@ -94,6 +103,18 @@ class BaseServer:
     timeout: float | None = None
     max_connections: int | None = None
     overload_policy: str = "wait"
+    #: Admission checks and preludes every instance starts with (see ``admission/``).
+    admission_checks: Sequence[AdmissionCheck] = ()
+    preludes: Sequence[Prelude] = ()
+    #: Connections that may be in their preludes at once; past it the loop stops
+    #: accepting until one finishes (stalled clients cannot exhaust descriptors).
+    max_pending_preludes: int = DEFAULT_MAX_PENDING_PRELUDES
+    #: Whether the dispatcher runs requests off the loop's thread (the mixins say yes);
+    #: only then does ``drain`` serve the connections the kernel had already queued.
+    _dispatches_off_loop = False
+    #: Whether other processes accept on this listening socket too (pre-fork workers on
+    #: a shared socket): then its backlog is theirs to serve, and a drain leaves it.
+    _listener_is_shared = False
 
     def __init__(
         self,
@@ -113,7 +134,12 @@ class BaseServer:
         self.RequestHandlerClass = RequestHandlerClass
         self.__is_shut_down = threading.Event()
         self.__shutdown_request = False
-        self._serve_loop = ServeLoop()
+        self._core = ServingCore()
+        for check in self.admission_checks:
+            self._core.add_check(check)
+        for prelude in self.preludes:
+            self._core.add_prelude(prelude)
+        self._serve_loop: ServeLoop = self._make_serve_loop(self._core)
         if max_connections is not None:
             self.max_connections = max_connections
         if overload_policy is not None:
@@ -133,6 +159,23 @@ class BaseServer:
                 f" got {self.overload_policy!r}"
             )
 
+    def _make_serve_loop(self, core: ServingCore) -> ServeLoop:
+        """The loop that drives ``core``; the async mode builds its own instead."""
+        return ServeLoop(core)
+
+    def add_admission_check(self, check: AdmissionCheck) -> None:
+        """Add an instant check (see ``admission/checks.py``); after the built-in ones."""
+        self._core.add_check(check)
+
+    def add_prelude(self, prelude: Prelude) -> None:
+        """Add a prelude (see ``admission/preludes.py``), run after those added before."""
+        self._core.add_prelude(prelude)
+
+    @property
+    def draining(self) -> bool:
+        """True once ``drain()`` began: end keep-alive connections at the next chance."""
+        return self._core.is_draining
+
     def _capacity(self) -> tuple[int | None, str]:
         """How many requests may be in flight, and the name of the limit that says so."""
         return self.max_connections, "max_connections"
@@ -147,19 +190,25 @@ class BaseServer:
     def stats(self) -> ServerStats:
         """A snapshot of the server's counters (see ``ServerStats``)."""
         queue_depth, workers_alive = self._dispatch_stats()
-        return replace(
-            self._serve_loop.stats(), queue_depth=queue_depth, workers_alive=workers_alive
-        )
+        return self._core.stats(queue_depth=queue_depth, workers_alive=workers_alive)
 
     def drain(self, timeout: float) -> DrainReport:
-        """Stop accepting; wait up to ``timeout`` s for in-flight requests; abort the rest.
+        """Stop listening; let in-flight requests finish for ``timeout`` s; abort the rest.
 
-        Call it from a thread other than the one running ``serve_forever``. The
-        listening socket stays open until ``server_close()``.
+        Call it from a thread other than the one running ``serve_forever``. Connections
+        the kernel had already queued are served (by the thread and pool mixins), then
+        the listening socket is closed: new clients are refused at once (a load
+        balancer's health check fails) instead of queueing to be reset. Datagram
+        sockets stay open until ``server_close()``. ``DrainReport`` says what finished
+        and what was aborted.
         """
         if timeout < 0:
             raise ConfigurationError(f"drain timeout must be >= 0, got {timeout!r}")
-        return self._serve_loop.drain(self._hooks(), timeout)
+        return self._serve_loop.drain(
+            self._hooks(),
+            timeout,
+            takes_backlog=self._dispatches_off_loop and not self._listener_is_shared,
+        )
 
     def handle_overload(self, request: Any, client_address: Any) -> None:
         """Called for a request refused at capacity (``overload_policy = "reject"``).
@@ -187,6 +236,20 @@ class BaseServer:
         current request is done. Before any loop runs, it makes the next one return.
         """
         self._serve_loop.shutdown(self._hooks())
+
+    def _request_stop(self, *, drain_timeout: float | None = None) -> None:
+        """Ask the loops to stop and return at once, from any thread or signal handler.
+
+        ``drain_timeout``: the caller will drain after the loop returns (the synchronous
+        loop leaves in-flight requests running); the async mode starts its drain here,
+        on its loop, since its requests end with the loop. On a loop's own thread (a
+        signal handler) this is ``shutdown()``, which only asks there, so an override
+        of ``shutdown`` still sees every stop.
+        """
+        if self._serve_loop.is_loop_thread():
+            self.shutdown()
+        else:
+            self._serve_loop.ask_to_stop(self)
 
     def service_actions(self) -> None:
         """Called once per loop turn; override for periodic work."""
@@ -228,7 +291,17 @@ class BaseServer:
         """Release the request's resources."""
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """Log the exception being handled, with the client address and traceback."""
+        """Log the exception being handled, with the client address and traceback.
+
+        A peer fault (the client reset, vanished or timed out: ``handler_errors.py``) is
+        the client's doing, not an error of the server: one line per episode, with
+        counts, and no traceback.
+        """
+        exc = sys.exc_info()[1]
+        kind = None if exc is None else peer_fault_kind(exc)
+        if kind is not None:
+            self._core.peer_fault_log.note(kind, f"{format_address(client_address)}: {exc}")
+            return
         log.error(
             "exception while handling a request from %s",
             format_address(client_address),
@@ -290,7 +363,7 @@ class TCPServer(BaseServer):
         self._accepted_socket_triple: tuple[socket.socket, int, int, int] | None = None
         self.socket = open_socket(family, self.socket_type, dual_stack=self.dual_stack)
         if family == getattr(socket, "AF_INET6", None):
-            self._serve_loop.stages.append(unmap_ipv4_client)
+            self._core.peer_checks.insert(0, UnmapIPv4())
         if bind_and_activate:
             try:
                 self.server_bind()
@@ -384,15 +457,16 @@ class UDPServer(TCPServer):
     max_packet_size = 65535
 
     def get_request(self) -> tuple[Any, Any]:
-        """Receive one datagram; oversized (truncated) ones are logged and dropped."""
+        """Receive one datagram; oversized (truncated) ones are dropped and counted
+        (``stats().rejected["datagram_too_large"]``), logged once per episode."""
         for _ in range(MAX_TRUNCATED_SKIPS):
             data, client_address, truncated = receive_datagram(self.socket, self.max_packet_size)
             if not truncated:
                 return (data, self.socket), client_address
-            log.warning(
-                "dropped a datagram from %s larger than max_packet_size=%d",
-                format_address(client_address),
-                self.max_packet_size,
+            self._core.note_dropped(
+                "datagram_too_large",
+                f"from {format_address(client_address)}, over "
+                f"max_packet_size={self.max_packet_size}",
             )
         raise BlockingIOError("only oversized datagrams were queued")
 

@@ -1,19 +1,19 @@
 """One request's life on the event loop: verify, wrap, run the handler, report, close.
 
-Each accepted connection (or received datagram) becomes one task running
-``serve_stream`` (or ``serve_datagram``). The task owns the connection: whatever happens
-in the handler, the connection is closed when the task ends.
+Each admitted connection (or received datagram) becomes one task running
+``serve_stream`` (or ``serve_datagram``) with its ``RequestJob`` (``serving/job.py``).
+The task owns the connection: whatever happens in the handler, the connection is closed
+when the task ends, and the task's end finishes the job.
 
-How a request can end, and what is logged (a table, so the policy reads in one place):
+How a request can end (the same policy as the synchronous modes, ``handler_errors.py``):
 
 * the handler returned: nothing;
-* the peer went away (``ConnectionError``) or stayed idle past ``timeout``
-  (``ReadTimeoutError``): one INFO line, no traceback; these are routine for a server
-  holding thousands of connections;
-* a line over ``max_line_length``: one ERROR line naming the limit, counted as a handler
-  error (the peer broke the protocol, and the operator may want to raise the limit);
-* any other exception: ``server.handle_error(request, client_address)`` (which logs the
-  traceback with the client address), counted;
+* a peer fault: the peer went away (``ConnectionError``), stayed idle past ``timeout``
+  (``ReadTimeoutError``) or sent a line over ``max_line_length``: counted by kind in
+  ``stats().peer_faults`` and given to ``handle_error``, whose default logs one line
+  per episode, without a traceback;
+* any other exception: counted as a handler error and given to ``handle_error`` (which
+  logs the traceback with the client address);
 * cancelled (``shutdown()``, ``drain()`` at its deadline): the connection is closed.
 """
 
@@ -26,8 +26,8 @@ import logging
 from typing import Any
 
 from ..addresses import format_address
-from ..errors import LineTooLongError, ReadTimeoutError
-from ..handler_errors import call_handle_error
+from ..handler_errors import call_handle_error, peer_fault_kind
+from ..serving.job import HANDLER_ERROR, RequestJob
 from . import fastpath  # noqa: F401  (installs the compiled per-message path, if built)
 from .handlers import AsyncBaseRequestHandler
 from .inline import INLINE_RESUMPTION, InlineDriver, await_handler
@@ -41,18 +41,9 @@ log = logging.getLogger("sockserve.aio.connections")
 #: never reads cannot pin a connection (and its buffer) forever.
 CLOSE_FLUSH_SECONDS = 10.0
 
-#: Exceptions that end a connection for the peer's reasons: ``(type, level, what)``.
-PEER_ENDINGS: tuple[tuple[type[BaseException], int, str], ...] = (
-    (ReadTimeoutError, logging.INFO, "idle timeout"),
-    (ConnectionError, logging.INFO, "peer went away"),
-    (LineTooLongError, logging.ERROR, "line too long"),
-)
-
 
 async def serve_stream(
-    server: Any,
-    sock: Any,
-    client_address: Any,
+    job: RequestJob,
     receive_view: memoryview,
     context: contextvars.Context | None = None,
 ) -> None:
@@ -62,11 +53,12 @@ async def serve_stream(
     handler is resumed from the reader's callbacks between reads (``inline.py``);
     otherwise the task resumes it after each wait.
     """
+    server, sock, client_address = job.server, job.request, job.client_address
     loop = asyncio.get_running_loop()
     try:
         is_verified = await verify(server, sock, client_address)
-    except Exception:
-        report_error(server, sock, client_address)
+    except Exception as exc:
+        report_ending(server, exc, sock, client_address)
         sock.close()
         return
     except BaseException:
@@ -79,7 +71,10 @@ async def serve_stream(
     try:
         transport, _ = await loop.connect_accepted_socket(lambda: reader, sock)
     except OSError as exc:
-        log.info("connection from %s lost before serving: %s", format_address(client_address), exc)
+        server._core.count_outcome("reset")
+        server._core.peer_fault_log.note(
+            "reset", f"{format_address(client_address)}: lost before serving: {exc}"
+        )
         sock.close()
         return
     except BaseException:
@@ -120,13 +115,14 @@ def _is_plain_handler(work: object) -> bool:
     )
 
 
-async def serve_datagram(server: Any, request: Any, client_address: Any) -> None:
+async def serve_datagram(job: RequestJob) -> None:
     """Serve one datagram ``(packet, sender)``; the socket is the server's, left open.
 
     ``shutdown_request(request)`` follows every datagram, served or refused, as in the
     synchronous servers (where it closes nothing for a datagram either): an override
     that counts or logs requests sees the same calls in both modes.
     """
+    server, request, client_address = job.server, job.request, job.client_address
     try:
         if await verify(server, request, client_address):
             await server.finish_request(request, client_address)
@@ -135,8 +131,8 @@ async def serve_datagram(server: Any, request: Any, client_address: Any) -> None
     finally:
         try:
             server.shutdown_request(request)
-        except Exception:
-            report_error(server, request, client_address)
+        except Exception as exc:
+            report_ending(server, exc, request, client_address)
 
 
 async def verify(server: Any, request: Any, client_address: Any) -> bool:
@@ -189,23 +185,7 @@ async def close_stream(
 
 
 def report_ending(server: Any, exc: Exception, request: Any, client_address: Any) -> None:
-    """Log how a request ended (see the table above); call inside the ``except`` block."""
-    for kind, level, what in PEER_ENDINGS:
-        if isinstance(exc, kind):
-            if level >= logging.ERROR:
-                server._count_handler_error()
-            log.log(
-                level,
-                "closed connection from %s: %s: %s",
-                format_address(client_address),
-                what,
-                exc,
-            )
-            return
-    report_error(server, request, client_address)
-
-
-def report_error(server: Any, request: Any, client_address: Any) -> None:
-    """Give the current exception to ``handle_error``; log it if that raises too."""
-    server._count_handler_error()
+    """Count how a request ended and give it to ``handle_error``; call inside the
+    ``except`` block (``handle_error`` reads the exception being handled)."""
+    server._core.count_outcome(peer_fault_kind(exc) or HANDLER_ERROR)
     call_handle_error(server, request, client_address, log)

@@ -3,8 +3,10 @@
 How it works
     ``serve()`` watches the listening socket with ``loop.add_reader``. When it is
     readable, up to ``ACCEPT_BATCH`` requests are taken with ``server.get_request()``,
-    passed through the admission stages (``connection.py``), checked against capacity,
-    and each becomes a task running ``connections.serve_stream`` (or ``serve_datagram``).
+    and each goes through the serving core (``serving/core.py``: peer checks, preludes,
+    client checks, capacity), the same as in the synchronous modes, and becomes a task
+    running ``connections.serve_stream`` (or ``serve_datagram``) with its
+    ``RequestJob``, which the task's end finishes.
     The listener is watched only while the server may accept: it is taken out at
     capacity under ``overload_policy = "wait"`` (clients wait in the kernel's backlog),
     during an accept back-off (``listeners.py`` names the errno policy), and when stopping.
@@ -38,14 +40,16 @@ from functools import partial
 from typing import Any
 
 from ..addresses import format_address
-from ..admission import admit
-from ..limits import ConnectionLimiter, Ticket
-from ..listeners import TRANSIENT_ACCEPT_ERRNOS, AcceptBackoff
-from ..loop_threads import STOP_FLAG, STOPPED_EVENT
-from ..metrics import DrainReport, ServerStats
-from ..serve_loop import ABORT_GRACE_SECONDS, ACCEPT_BATCH
+from ..admission.checks import Refused
+from ..listeners import TRANSIENT_ACCEPT_ERRNOS
+from ..metrics import DrainReport
+from ..serving.core import ServingCore
+from ..serving.job import RequestJob
+from ..serving.loop_threads import STOP_FLAG, STOPPED_EVENT
+from ..serving.selector_loop import ABORT_GRACE_SECONDS, ACCEPT_BATCH
 from .connections import serve_datagram, serve_stream
 from .datagrams import DatagramSender
+from .preludes import run_preludes
 from .streams import receive_buffer
 from .watchdog import LoopWatchdog
 
@@ -55,18 +59,17 @@ log = logging.getLogger("sockserve.aio.serve_loop")
 class AsyncServeLoop:
     """Runtime state of one async server: its loop, listener, requests and counters."""
 
-    def __init__(self) -> None:
-        self.limiter = ConnectionLimiter()
-        self.limiter.on_release = self._update_listener
-        self.backoff = AcceptBackoff()
-        self.accepted = 0
-        self.handler_errors = 0
+    def __init__(self, core: ServingCore) -> None:
+        self.core = core
+        self.limiter = core.limiter
+        core.wake_loop = self._update_listener
+        self._in_preludes = 0
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._server: Any = None
         self._wake_up: asyncio.Future[None] | None = None
-        self._requests: dict[asyncio.Task[None], Ticket] = {}
+        self._requests: dict[asyncio.Task[None], RequestJob] = {}
         self._listener_fd = -1
         self._is_stream = True
         self._is_listening = False
@@ -96,6 +99,7 @@ class AsyncServeLoop:
                 await asyncio.wait((self._wake_up,), timeout=poll_interval)
                 if getattr(server, STOP_FLAG):
                     break
+                self.core.tick()
                 server.service_actions()
         finally:
             try:
@@ -120,6 +124,26 @@ class AsyncServeLoop:
         except RuntimeError:
             pass  # the loop has closed: serve() is on its way out anyway
         getattr(server, STOPPED_EVENT).wait()
+
+    def ask_to_stop(self, server: Any, drain_timeout: float | None) -> None:
+        """From any thread or a signal handler: stop (after a drain) without waiting."""
+        with self._lock:
+            loop = self._loop
+            if loop is None or drain_timeout is None:
+                setattr(server, STOP_FLAG, True)
+        if loop is None:
+            return
+        action = self._wake if drain_timeout is None else partial(self._start_drain, drain_timeout)
+        try:
+            loop.call_soon_threadsafe(action)
+        except RuntimeError:
+            pass  # the loop has closed: serve() is on its way out anyway
+
+    def _start_drain(self, timeout: float) -> None:
+        server = self._server
+        if server is not None and not self._is_draining and not self._is_stopping:
+            assert self._loop is not None
+            self._loop.create_task(self.drain_async(server, timeout))
 
     def _enter(self, server: Any, loop: asyncio.AbstractEventLoop) -> bool:
         with self._lock:
@@ -209,6 +233,8 @@ class AsyncServeLoop:
             return False
         if self._back_off_timer is not None:
             return False
+        if self._in_preludes >= server.max_pending_preludes:
+            return False
         capacity, what = server._capacity()
         has_room = self.limiter.has_room(capacity)
         policy = server.overload_policy
@@ -222,54 +248,89 @@ class AsyncServeLoop:
         self._update_listener()
 
     def _accept_one(self) -> asyncio.Task[None] | bool | None:
-        """Take one request: its task, False if it was refused, None if none came."""
+        """Take one request: its task, False if it was refused (or is in its preludes),
+        None if none came."""
         server = self._server
+        core = self.core
         try:
             request, client_address = server.get_request()
         except OSError as exc:
-            if exc.errno in TRANSIENT_ACCEPT_ERRNOS and not isinstance(exc, BlockingIOError):
+            if isinstance(exc, BlockingIOError):
+                return None
+            if exc.errno in TRANSIENT_ACCEPT_ERRNOS:
                 return False  # that one connection failed; the next may be fine
-            if not isinstance(exc, BlockingIOError):
-                self._back_off(exc)
+            if core.on_accept_error(exc, server.server_address, is_serving=True):
+                self._back_off()
             return None
-        self.backoff.record_success(server.server_address)
-        self.accepted += 1
+        core.backoff.record_success(server.server_address)
+        admitted = core.admit_peer(server, request, client_address)
+        if admitted is None:
+            return False
+        request, client_address = admitted
         if not self._is_stream:
             request = (request[0], self._sender)
+        elif core.preludes:
+            self._start_preludes(request, client_address)
+            return False
         return self._admit(request, client_address)
+
+    def _start_preludes(self, request: Any, client_address: Any) -> None:
+        """Run the preludes on the loop, then admit; counted against their own bound."""
+        assert self._loop is not None
+        self._in_preludes += 1
+        task = self._loop.create_task(run_preludes(self.core.preludes, request, client_address))
+        task.add_done_callback(partial(self._preludes_done, request, client_address))
+
+    def _preludes_done(self, request: Any, client_address: Any, task: asyncio.Task[Any]) -> None:
+        self._in_preludes -= 1
+        server = self._server
+        if task.cancelled() or server is None:
+            request.close()
+        else:
+            exc = task.exception()
+            if isinstance(exc, Refused):
+                self.core.refuse(server, request, client_address, exc.reason, str(exc))
+            elif exc is not None:
+                log.error("a prelude failed for %s", format_address(client_address), exc_info=exc)
+                request.close()
+            else:
+                result = task.result()
+                if self._is_stopping or self._is_draining:
+                    self.core.refuse(server, result[0], result[1], "stopping", "stopping")
+                else:
+                    self._admit(*result)
+        self._update_listener()
 
     def _admit(self, request: Any, client_address: Any) -> asyncio.Task[None] | bool:
         server = self._server
-        stages = server._admission_stages()
-        admitted = admit(server, self.limiter, stages, request, client_address, log)
-        if admitted is None:
+        job = self.core.admit_client(server, request, client_address)
+        if job is None:
             return False
-        request, client_address, ticket = admitted
         # The task's own context, given to serve_stream too: it resumes the handler in
         # it from the reader's callbacks (aio/inline.py).
         context = contextvars.copy_context()
         if self._is_stream:
-            work = serve_stream(server, request, client_address, self._receive_view, context)
+            work = serve_stream(job, self._receive_view, context)
         else:
-            work = serve_datagram(server, request, client_address)
+            work = serve_datagram(job)
         assert self._loop is not None
         task = self._loop.create_task(work, context=context)
-        ticket.aborter = partial(_cancel, task)
-        self._requests[task] = ticket
+        job.ticket.aborter = partial(_cancel, task)
+        self._requests[task] = job
         task.add_done_callback(self._request_done)
         return task
 
     def _request_done(self, task: asyncio.Task[None]) -> None:
-        ticket = self._requests.pop(task, None)
+        job = self._requests.pop(task, None)
         if not task.cancelled():
             task.exception()  # retrieved: SystemExit and the like already left the loop
-        if ticket is not None:
-            ticket.finish()  # the limiter calls _update_listener: room for the next one
+        if job is not None:
+            job.finish()  # the core calls _update_listener: room for the next one
 
-    def _back_off(self, exc: OSError) -> None:
+    def _back_off(self) -> None:
         assert self._loop is not None
-        self.backoff.record_failure(exc, self._server.server_address)
-        self._back_off_timer = self._loop.call_later(self.backoff.delay, self._end_back_off)
+        delay = self.core.backoff.delay
+        self._back_off_timer = self._loop.call_later(delay, self._end_back_off)
         self._update_listener()
 
     def _end_back_off(self) -> None:
@@ -278,13 +339,13 @@ class AsyncServeLoop:
 
     def _describe(self, task: asyncio.Task[Any]) -> str | None:
         """For the watchdog (another thread): which handler and client a task serves."""
-        ticket = self._requests.get(task)
+        job = self._requests.get(task)
         server = self._server
-        if ticket is None or server is None:
+        if job is None or server is None:
             return None
         handler = server.RequestHandlerClass
         name = getattr(handler, "__qualname__", repr(handler))
-        return f"handler {name} for {format_address(ticket.client_address)}"
+        return f"handler {name} for {format_address(job.client_address)}"
 
     # -- handle_request ----------------------------------------------------------------
 
@@ -348,14 +409,23 @@ class AsyncServeLoop:
         return report
 
     async def drain_async(self, server: Any, timeout: float) -> DrainReport:
-        """Stop accepting; let requests finish until ``timeout``; cancel the rest; stop."""
+        """Stop listening; let requests finish until ``timeout``; cancel the rest; stop.
+
+        The same steps as the synchronous drain (``serving/selector_loop.py``): the
+        connections the kernel had queued are accepted, then the listening socket is
+        closed, so new clients are refused at once.
+        """
         started = time.monotonic()
+        released_before = self.limiter.released
+        self.core.is_draining = True
+        self._take_backlog_and_stop_listening()
         self._is_draining = True  # stop accepting, but let serve() run until we are done
         self._update_listener()
         running = [task for task in self._requests if task is not asyncio.current_task()]
         pending: set[asyncio.Task[None]] = set()
         if running:
             _, pending = await asyncio.wait(running, timeout=timeout)
+        finished = self.limiter.released - released_before
         if pending:
             log.warning(
                 "drain: %d request(s) still running after %.1f s; cancelling them",
@@ -368,17 +438,20 @@ class AsyncServeLoop:
         setattr(server, STOP_FLAG, True)
         self._wake()
         return DrainReport(
-            finished=len(running) - len(pending),
-            aborted=len(pending),
-            seconds=time.monotonic() - started,
+            finished=finished, aborted=len(pending), seconds=time.monotonic() - started
         )
 
-    def stats(self) -> ServerStats:
-        return self.limiter.snapshot(
-            accepted=self.accepted,
-            handler_errors=self.handler_errors,
-            accept_errors=self.backoff.total_errors,
-        )
+    def _take_backlog_and_stop_listening(self) -> None:
+        server = self._server
+        if server is None or not self._is_stream or self._listener_fd < 0:
+            return
+        if self._is_listening and self._loop is not None:
+            self._loop.remove_reader(self._listener_fd)
+            self._is_listening = False
+        while self._accept_one() is not None:
+            pass
+        self._listener_fd = -1
+        server.socket.close()
 
 
 def _cancel(task: asyncio.Task[None]) -> None:

@@ -13,10 +13,10 @@ import socket
 from collections.abc import Awaitable
 from typing import Any
 
-from ..connection import Stage
 from ..errors import ConfigurationError
 from ..metrics import DrainReport, ServerStats
 from ..servers import TCPServer, UDPServer
+from ..serving.core import ServingCore
 from .loop import LoopFactory, choose_loop_factory
 from .serve_loop import AsyncServeLoop
 
@@ -81,9 +81,13 @@ class AsyncServerMixIn:
             self.event_loop = event_loop
         if slow_callback_duration is not None:
             self.slow_callback_duration = slow_callback_duration
-        self._aio = AsyncServeLoop()
         server: Any = super()
         server.__init__(server_address, RequestHandlerClass, bind_and_activate, **kwargs)
+
+    def _make_serve_loop(self, core: ServingCore) -> Any:
+        """The event loop drives the same core; no synchronous loop is built."""
+        self._aio = AsyncServeLoop(core)
+        return None
 
     def _check_settings(self) -> None:
         """Called by the base constructor before the socket exists: fail early, leak nothing."""
@@ -110,6 +114,10 @@ class AsyncServerMixIn:
         """Stop serving; from another thread, wait until the loop has stopped."""
         self._aio.shutdown(self)
 
+    def _request_stop(self, *, drain_timeout: float | None = None) -> None:
+        """Ask the loop to stop without waiting; with ``drain_timeout``, drain first."""
+        self._aio.ask_to_stop(self, drain_timeout)
+
     def handle_request(self) -> Any:
         """Serve one request, waiting at most ``timeout`` (then ``handle_timeout()``)."""
         server: Any = self
@@ -134,7 +142,8 @@ class AsyncServerMixIn:
 
     def stats(self) -> ServerStats:
         """A snapshot of the server's counters (see ``ServerStats``)."""
-        return self._aio.stats()
+        core: ServingCore = getattr(self, "_core")  # noqa: B009
+        return core.stats()
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -154,13 +163,6 @@ class AsyncServerMixIn:
             "async servers run each request as a task on their event loop; "
             "override finish_request() (a coroutine) or the handler instead"
         )
-
-    def _admission_stages(self) -> list[Stage]:
-        stages: list[Stage] = getattr(self, "_serve_loop").stages  # noqa: B009
-        return stages
-
-    def _count_handler_error(self) -> None:
-        self._aio.handler_errors += 1
 
 
 def _check_drain_timeout(timeout: float) -> None:

@@ -23,7 +23,7 @@ log = logging.getLogger("sockserve.dispatch.thread_pool")
 _STOP = None
 
 #: A submitted piece of work and what to run once its worker is free again.
-_Item = tuple[Callable[[], None], Callable[[], None] | None]
+_Item = tuple[Callable[[], object], Callable[[], None] | None]
 
 
 class ThreadPool:
@@ -49,7 +49,7 @@ class ThreadPool:
 
     def submit(
         self,
-        work: Callable[[], None],
+        work: Callable[[], object],
         *,
         daemon: bool,
         then: Callable[[], None] | None = None,

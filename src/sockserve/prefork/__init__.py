@@ -230,9 +230,10 @@ class PreforkMixIn:
         )
 
     def _boot_worker(self) -> None:
+        server: Any = self
+        server._listener_is_shared = not self.reuse_port
         if self.reuse_port:
             assert self._listener_spec is not None
-            server: Any = self
             inherited = server.socket
             server.socket = _open_like(self._listener_spec)
             inherited.close()
@@ -247,9 +248,11 @@ class PreforkMixIn:
         socket the other workers take them, on a private one nobody would.
         """
         listener = self._listener()
+        server: Any = self
         if not self.reuse_port or listener.type != socket.SOCK_STREAM:
             return
-        server: Any = self
+        if server._serve_loop is None or listener.fileno() < 0:
+            return  # the async mode's drain took it; or the drain closed the listener
         while server._handle_request_noblock():
             pass
 

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ class Worker:
         self.pid = os.getpid()
         self._signal_wakeup: int | None = None
         self._signal_watcher: Any = None  # the serve loop that watches _signal_wakeup
+        self._alarm_pending = False
 
     def run(
         self,
@@ -176,6 +178,10 @@ class Worker:
             run_pending_signal_handlers()
         if os.getppid() != self.link.master_pid:
             self.begin_stop("the master is gone")
+        if self._alarm_pending:
+            self._alarm_pending = False
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.setitimer(signal.ITIMER_REAL, self.link.stop_timeout + STOP_GRACE_SECONDS)
         interval = self.link.beat_interval
         if interval is None:
             return
@@ -196,27 +202,22 @@ class Worker:
     def _hook_into_loop(self) -> None:
         """Count requests and beat, whatever the user's classes override.
 
-        The wrappers are instance attributes on purpose: a subclass that overrides
-        ``service_actions`` without calling ``super()`` (the stdlib invites that) must not
-        silence the heartbeat and get its worker killed.
+        Requests are counted by the serving core as each one is admitted, in every mode
+        (the selector loop and the async mode's event loop alike). The
+        heartbeat wraps ``service_actions`` as an instance attribute on purpose: a
+        subclass that overrides it without calling ``super()`` (the stdlib invites that)
+        must not silence the heartbeat and get its worker killed.
         """
         server = self.server
         service_actions = server.service_actions
-        process_request = server.process_request
 
         def beating_service_actions() -> None:
             self._beat()
             service_actions()
 
-        def counted_process_request(request: Any, client_address: Any) -> None:
-            try:
-                process_request(request, client_address)
-            finally:
-                self._count_request()
-
         vars(server)["service_actions"] = beating_service_actions
         if self.link.request_limit:
-            vars(server)["process_request"] = counted_process_request
+            server._core.on_request_admitted.append(self._count_request)
         loop = getattr(server, "_serve_loop", None)
         if loop is not None:
             loop.watch(self.link.master_gone_fd, self._on_master_pipe)
@@ -224,7 +225,8 @@ class Worker:
                 loop.watch(self._signal_wakeup, self._on_signal_wakeup)
                 self._signal_watcher = loop
 
-    def _count_request(self) -> None:
+    def _count_request(self, ticket: object) -> None:
+        # Runs on the loop's thread, as the request is admitted: only counts and asks.
         self.served += 1
         if self.served == self.link.request_limit:
             self._send(RECYCLING)  # first, so the replacement starts while we finish
@@ -269,9 +271,13 @@ class Worker:
         if self.stop_reason:
             return
         self.stop_reason = reason
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.setitimer(signal.ITIMER_REAL, self.link.stop_timeout + STOP_GRACE_SECONDS)
-        self.server.shutdown()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.setitimer(signal.ITIMER_REAL, self.link.stop_timeout + STOP_GRACE_SECONDS)
+        else:
+            self._alarm_pending = True  # set by the main thread at its next beat
+        # Ask, never wait: this may run on a pool worker whose request the drain awaits.
+        self.server._request_stop(drain_timeout=self.link.stop_timeout)
 
     def _drain_and_close(self) -> None:
         drain = getattr(self.server, "drain", None)

@@ -27,8 +27,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .metrics import ServerStats
-
 log = logging.getLogger("sockserve.limits")
 
 OVERLOAD_POLICIES = ("wait", "reject")
@@ -45,6 +43,7 @@ class Ticket:
         "started",
         "aborter",
         "exit_fd",
+        "releases",
     )
 
     def __init__(self, limiter: ConnectionLimiter | None, request: Any, client_address: Any):
@@ -59,6 +58,9 @@ class Ticket:
         self.aborter: Callable[[], None] = self._shutdown_socket
         #: A descriptor the serve loop watches for this request's end (a forked child's).
         self.exit_fd: int | None = None
+        #: Admission checks holding something for this request (a per-client count),
+        #: released when it finishes.
+        self.releases: tuple[Any, ...] = ()
 
     def finish(self) -> None:
         if self._finished or self._limiter is None:
@@ -93,11 +95,13 @@ class ConnectionLimiter:
         self._active: dict[int, Ticket] = {}
         self.peak = 0
         self.admitted = 0
+        #: Tickets released so far: admitted requests whose work has ended.
+        self.released = 0
         self.rejected: Counter[str] = Counter()
         self._overloaded_since: float | None = None
-        #: Called (outside the lock) after a release; the serve loop uses it to wake up
-        #: when it stopped accepting for lack of room.
-        self.on_release: Callable[[], None] = lambda: None
+        #: Called (outside the lock) after a release, with the ticket; the serving core
+        #: frees what admission checks hold, counts, and wakes a loop waiting for room.
+        self.on_release: Callable[[Ticket], None] = lambda ticket: None
 
     @property
     def active(self) -> int:
@@ -118,9 +122,10 @@ class ConnectionLimiter:
     def release(self, ticket: Ticket) -> None:
         with self._lock:
             self._active.pop(id(ticket), None)
+            self.released += 1
             if not self._active:
                 self._idle.notify_all()
-        self.on_release()
+        self.on_release(ticket)
 
     def reject(self, reason: str) -> None:
         with self._lock:
@@ -138,17 +143,6 @@ class ConnectionLimiter:
             lasted = time.monotonic() - self._overloaded_since
             self._overloaded_since = None
             log.info("below %s again after %.1f s", what, lasted)
-
-    def snapshot(self, *, accepted: int, handler_errors: int, accept_errors: int) -> ServerStats:
-        """``stats()`` of a serve loop: its own counters with this limiter's."""
-        return ServerStats(
-            accepted=accepted,
-            active=self.active,
-            peak_active=self.peak,
-            rejected=dict(self.rejected),
-            handler_errors=handler_errors,
-            accept_errors=accept_errors,
-        )
 
     def in_flight(self) -> list[Ticket]:
         with self._lock:

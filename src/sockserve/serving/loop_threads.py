@@ -47,6 +47,10 @@ class LoopThreads:
     def is_running(self) -> bool:
         return bool(self._loop_threads)
 
+    def is_loop_thread(self) -> bool:
+        """Whether the calling thread runs one of the loops (lock-free: signal-safe)."""
+        return threading.get_ident() in self._loop_threads
+
     def watch(self, fd: int, callback: Callable[[], None]) -> None:
         """Call ``callback`` on a loop thread whenever ``fd`` is readable (until unwatched).
 

@@ -1,0 +1,105 @@
+"""Preludes: what a connection must say before its handler runs (a PROXY header, a TLS
+handshake), read without ever blocking the loop that accepted it.
+
+A ``Prelude`` is configuration (one per server, e.g. "read a PROXY v2 header from a
+trusted peer"); ``start(request, client_address)`` gives a ``PreludeRun`` for one
+connection. The loop that owns the socket calls ``run.advance()`` whenever the socket is
+ready, and the run answers with what to wait for next (``WANT_READ`` / ``WANT_WRITE``),
+or ``PreludeDone(request, client_address)`` (either may be replaced: the real client
+behind a proxy, a TLS socket around the raw one), or raises ``Refused``. The run never
+blocks: the socket is non-blocking while preludes run.
+
+Who drives it: the selector loop of the synchronous modes (``serving/preludes.py``) and
+the event loop of the async mode, each from its own readiness events, so a stalled
+client costs a registered socket, not a worker thread or a process. Each prelude has a
+``timeout``; past it the connection is refused with reason ``"<name>_timeout"``.
+Preludes run in order (a PROXY header precedes the TLS ClientHello on the wire), and
+the next one starts with what the previous one returned. Connections in preludes count
+against their own bound (``max_pending_preludes`` on the server), so stalled clients
+cannot exhaust descriptors.
+
+``drive_blocking`` runs a whole sequence on one socket with a deadline: for
+``handle_request()``, which serves exactly one connection anyway.
+"""
+
+from __future__ import annotations
+
+import selectors
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from .checks import Refused
+
+WANT_READ: Final = "read"
+WANT_WRITE: Final = "write"
+
+#: Connections in preludes at once, per server: far above what a busy service has in
+#: handshakes at any instant, far below a descriptor limit of 65,536.
+DEFAULT_MAX_PENDING_PRELUDES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PreludeDone:
+    """A prelude's result: the request and client address to continue with."""
+
+    request: Any
+    client_address: Any
+
+
+class PreludeRun(Protocol):
+    """One prelude in progress on one connection."""
+
+    def advance(self) -> str | PreludeDone:
+        """Make what progress the socket allows now: ``WANT_READ``, ``WANT_WRITE``, or
+        the result; raise ``Refused`` to end the connection."""
+        ...
+
+
+class Prelude(Protocol):
+    """A step every connection of a server goes through before its handler."""
+
+    #: Short name, used in refusal reasons (``"proxy"`` → ``"proxy_timeout"``).
+    name: str
+    #: Seconds the client gets to complete this prelude.
+    timeout: float
+
+    def start(self, request: Any, client_address: Any) -> PreludeRun: ...
+
+
+def timeout_reason(prelude: Prelude) -> str:
+    return f"{prelude.name}_timeout"
+
+
+def drive_blocking(
+    preludes: Sequence[Prelude], request: Any, client_address: Any
+) -> tuple[Any, Any]:
+    """Run ``preludes`` in order on one connection, waiting in a private selector.
+
+    Returns the final ``(request, client_address)`` or raises ``Refused`` (a timeout
+    too). The socket is left non-blocking; the caller restores what the handler needs.
+    """
+    for prelude in preludes:
+        deadline = time.monotonic() + prelude.timeout
+        run = prelude.start(request, client_address)
+        with selectors.DefaultSelector() as selector:
+            registered: int | None = None
+            while True:
+                step = run.advance()
+                if isinstance(step, PreludeDone):
+                    request, client_address = step.request, step.client_address
+                    break
+                events = selectors.EVENT_READ if step == WANT_READ else selectors.EVENT_WRITE
+                if registered is None:
+                    selector.register(request, events)
+                elif registered != events:
+                    selector.modify(request, events)
+                registered = events
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not selector.select(remaining):
+                    raise Refused(
+                        timeout_reason(prelude),
+                        f"{prelude.name} not complete within {prelude.timeout:g} s",
+                    )
+    return request, client_address

@@ -1,0 +1,243 @@
+"""The serving core: what every loop does with a connection, written once.
+
+Both event sources drive one ``ServingCore`` per server: the selector loop of the
+synchronous modes (``selector_loop.py``) and the asyncio loop of the async mode
+(``aio/serve_loop.py``). The core knows nothing about selectors or event loops. A loop
+accepts, then asks the core:
+
+1. ``admit_peer``: the peer checks (is this a trusted proxy? too many accepts?);
+2. the loop drives the preludes (``admission/preludes.py``) on its own readiness events;
+3. ``admit_client``: the client checks, then capacity under the overload policy; the
+   result is a ``RequestJob`` holding the request's ``Ticket``, or None if refused;
+4. the core runs its ``on_request_admitted`` hooks (the pre-fork worker counts
+   ``max_requests`` with one, in every mode), and the loop hands the job to
+   ``process_request`` (sync) or a task (async); the job, whoever runs it, finishes the
+   ticket; the core then runs ``on_request_done`` hooks and wakes a loop waiting for
+   room.
+
+The core also owns the counters behind ``stats()``, the accept-error back-off, and the
+episode logs: a refused connection, a peer fault or a dropped datagram is counted by
+reason and logged once per episode (``episodes.py``), not once each.
+
+Error handling: the core never raises into a loop for a single connection's sake; a
+refused connection is closed here (after ``handle_overload`` for an overload refusal).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from ..addresses import format_address
+from ..admission.checks import AdmissionCheck, Refused, check_judges
+from ..admission.limits import ConnectionLimiter, Ticket, untracked_ticket
+from ..admission.preludes import Prelude
+from ..episodes import EpisodeLog
+from ..listeners import CAPACITY_ACCEPT_ERRNOS, TRANSIENT_ACCEPT_ERRNOS, AcceptBackoff
+from ..metrics import ServerStats
+from .job import HANDLER_ERROR, SERVED, RequestJob
+
+log = logging.getLogger("sockserve.serving")
+
+
+class ServingCore:
+    """Admission, bookkeeping and counters of one server, for whichever loop serves it."""
+
+    def __init__(self) -> None:
+        self.limiter = ConnectionLimiter()
+        self.limiter.on_release = self._released
+        self.backoff = AcceptBackoff()
+        self.peer_checks: list[AdmissionCheck] = []
+        self.client_checks: list[AdmissionCheck] = []
+        self.preludes: list[Prelude] = []
+        self.accepted = 0
+        self.handler_errors = 0
+        self.peer_faults: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
+        self.refusals = EpisodeLog(log, "refused connections")
+        self.peer_fault_log = EpisodeLog(log, "connections ended by the client")
+        self.drops = EpisodeLog(log, "dropped datagrams", level=logging.WARNING)
+        self._handed_over: dict[int, RequestJob] = {}
+        #: Called with each admitted request's ticket, on the loop's thread, before the
+        #: request is dispatched (the pre-fork worker counts ``max_requests`` here, so
+        #: it stops accepting the moment its budget is spent).
+        self.on_request_admitted: list[Callable[[Ticket], None]] = []
+        #: Called with each finished ticket, on the thread that finished it.
+        self.on_request_done: list[Callable[[Ticket], None]] = []
+        #: Set by the loop that serves: wake it (a slot freed while it waits for room).
+        self.wake_loop: Callable[[], None] = lambda: None
+        #: Set by the loop that serves: the server is draining (handlers may look).
+        self.is_draining = False
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def add_check(self, check: AdmissionCheck) -> None:
+        """Append ``check`` to the peer or client checks, by what it judges."""
+        if check_judges(check) == "peer":
+            self.peer_checks.append(check)
+        else:
+            self.client_checks.append(check)
+
+    def add_prelude(self, prelude: Prelude) -> None:
+        self.preludes.append(prelude)
+
+    # -- admission -------------------------------------------------------------------------
+
+    def admit_peer(self, server: Any, request: Any, client_address: Any) -> tuple[Any, Any] | None:
+        """Count the accept and run the peer checks; None if refused (then closed)."""
+        self.accepted += 1
+        try:
+            for check in self.peer_checks:
+                request, client_address = check(request, client_address)
+        except Refused as why:
+            self.refuse(server, request, client_address, why.reason, str(why))
+            return None
+        return request, client_address
+
+    def admit_client(self, server: Any, request: Any, client_address: Any) -> RequestJob | None:
+        """Client checks, then capacity: the request's job, or None if refused (closed)."""
+        holding: list[Any] = []
+        try:
+            for check in self.client_checks:
+                request, client_address = check(request, client_address)
+                if hasattr(check, "release"):
+                    holding.append(check)
+        except Refused as why:
+            _release_all(holding, client_address)
+            self.refuse(server, request, client_address, why.reason, str(why))
+            return None
+        capacity, what = server._capacity()
+        limiter = self.limiter
+        if server.overload_policy == "reject" and not limiter.has_room(capacity):
+            _release_all(holding, client_address)
+            limiter.note_capacity(True, capacity, what, "reject")
+            self.refuse(server, request, client_address, what, "at capacity", overloaded=True)
+            return None
+        ticket = limiter.admit(request, client_address)
+        if holding:
+            ticket.releases = tuple(holding)
+        for hook in self.on_request_admitted:
+            hook(ticket)
+        return RequestJob(server, request, client_address, ticket, self)
+
+    def refuse(
+        self,
+        server: Any,
+        request: Any,
+        client_address: Any,
+        reason: str,
+        message: str,
+        *,
+        overloaded: bool = False,
+    ) -> None:
+        """Count, log once per episode, and close a refused connection."""
+        self.limiter.reject(reason)
+        self.refusals.note(reason, f"{format_address(client_address)}: {message}")
+        try:
+            if overloaded:
+                server.handle_overload(request, client_address)
+        except Exception:
+            log.exception("handle_overload() raised for %s", format_address(client_address))
+        finally:
+            try:
+                server.shutdown_request(request)
+            except OSError:
+                pass  # the peer is gone already; nothing left to close cleanly
+
+    def note_dropped(self, reason: str, detail: str) -> None:
+        """A datagram dropped before it became a request: counted with the refusals."""
+        self.limiter.reject(reason)
+        self.drops.note(reason, detail)
+
+    # -- handing a job to process_request, without a thread-local ---------------------------
+
+    def hand_over(self, job: RequestJob) -> None:
+        """Leave ``job`` for the ``process_request`` about to be called with its request."""
+        self._handed_over[id(job.request)] = job
+
+    def claim(self, server: Any, request: Any, client_address: Any) -> RequestJob:
+        """For a dispatcher inside ``process_request``: the request's job, now its to run.
+
+        Called outside the loop (a direct ``process_request`` call), or with a request
+        the loop never saw, it is a job whose ticket counts nothing.
+        """
+        job = self._handed_over.pop(id(request), None)
+        if job is None or job.request is not request:
+            return RequestJob(server, request, client_address, untracked_ticket(), self)
+        return job
+
+    def take_back(self, job: RequestJob) -> bool:
+        """After ``process_request``: True if no dispatcher claimed ``job`` (so the work
+        was done in the call, and the loop finishes it)."""
+        if self._handed_over.get(id(job.request)) is job:
+            del self._handed_over[id(job.request)]
+            return True
+        return False
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def count_outcome(self, outcome: str) -> None:
+        """A request ended with ``outcome`` (a peer-fault kind or a handler error)."""
+        if outcome == SERVED:
+            return
+        with self._counts_lock:
+            if outcome == HANDLER_ERROR:
+                self.handler_errors += 1
+            else:
+                self.peer_faults[outcome] += 1
+
+    def _released(self, ticket: Ticket) -> None:
+        for check in ticket.releases:
+            try:
+                check.release(ticket.client_address)
+            except Exception:
+                log.exception("admission check %r failed to release", check)
+        for hook in self.on_request_done:
+            hook(ticket)
+        self.wake_loop()
+
+    # -- accepting ------------------------------------------------------------------------
+
+    def on_accept_error(self, exc: OSError, address: Any, *, is_serving: bool) -> bool:
+        """Apply the accept-error policy; True if the loop should back off now."""
+        if exc.errno in TRANSIENT_ACCEPT_ERRNOS:
+            return False  # that connection is gone (or none was there); try the next
+        if exc.errno in CAPACITY_ACCEPT_ERRNOS or is_serving:
+            self.backoff.record_failure(exc, address)
+            return True
+        log.error("accept() on %s failed", format_address(address), exc_info=exc)
+        return False
+
+    def tick(self) -> None:
+        """Once per loop turn: log the summaries of episodes that have ended."""
+        self.refusals.flush()
+        self.peer_fault_log.flush()
+        self.drops.flush()
+
+    # -- stats ------------------------------------------------------------------------------
+
+    def stats(self, *, queue_depth: int = 0, workers_alive: int = 0) -> ServerStats:
+        limiter = self.limiter
+        with self._counts_lock:
+            handler_errors = self.handler_errors
+            peer_faults = dict(self.peer_faults)
+        return ServerStats(
+            accepted=self.accepted,
+            active=limiter.active,
+            peak_active=limiter.peak,
+            rejected=dict(limiter.rejected),
+            handler_errors=handler_errors,
+            peer_faults=peer_faults,
+            finished=limiter.released,
+            accept_errors=self.backoff.total_errors,
+            queue_depth=queue_depth,
+            workers_alive=workers_alive,
+        )
+
+
+def _release_all(checks: list[Any], client_address: Any) -> None:
+    for check in checks:
+        check.release(client_address)

@@ -1,0 +1,134 @@
+"""Connections in their preludes, driven from the synchronous loop's selector.
+
+After the peer checks, a connection with preludes to go through (a PROXY header, a TLS
+handshake) is registered in the serve loop's selector instead of being handed to a
+worker. Each readiness event advances it one step (``admission/preludes.py``); when the
+last prelude is done, the connection goes on to the client checks and the dispatcher.
+A client that stalls costs a registered socket and a deadline here, never a thread or a
+process, and the loop never blocks on it.
+
+One loop thread owns a ``PendingPreludes`` and everything in it (the selector is that
+thread's). In the single-threaded modes this means preludes make progress between
+handlers: while an inline handler runs, nothing else does, as with any inline server.
+"""
+
+from __future__ import annotations
+
+import selectors
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..admission.checks import Refused
+from ..admission.preludes import WANT_READ, Prelude, PreludeDone, PreludeRun, timeout_reason
+
+
+class _Pending:
+    """One connection between its first and its last prelude."""
+
+    __slots__ = ("request", "client_address", "index", "run", "deadline", "events")
+
+    def __init__(self, request: Any, client_address: Any) -> None:
+        self.request = request
+        self.client_address = client_address
+        self.index = 0
+        self.run: PreludeRun | None = None
+        self.deadline = 0.0
+        self.events = 0
+
+
+class PendingPreludes:
+    """The connections one loop thread is taking through their preludes."""
+
+    def __init__(
+        self,
+        selector: selectors.BaseSelector,
+        preludes: Sequence[Prelude],
+        *,
+        on_done: Callable[[Any, Any], None],
+        on_refused: Callable[[Any, Any, Refused], None],
+    ) -> None:
+        self._selector = selector
+        self._preludes = preludes
+        self._on_done = on_done
+        self._on_refused = on_refused
+        self._pending: dict[int, _Pending] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def start(self, request: Any, client_address: Any) -> None:
+        """Take a freshly admitted connection through the preludes."""
+        request.setblocking(False)
+        self._advance(_Pending(request, client_address))
+
+    def on_ready(self, key: selectors.SelectorKey) -> None:
+        pending = self._pending.get(key.fd)
+        if pending is not None:
+            self._advance(pending)
+
+    def next_deadline(self) -> float | None:
+        if not self._pending:
+            return None
+        return min(p.deadline for p in self._pending.values())
+
+    def expire(self, now: float) -> None:
+        """Refuse the connections whose current prelude has run out of time."""
+        for fd, pending in list(self._pending.items()):
+            if pending.deadline <= now:
+                prelude = self._preludes[pending.index]
+                self._forget(fd)
+                self._on_refused(
+                    pending.request,
+                    pending.client_address,
+                    Refused(
+                        timeout_reason(prelude),
+                        f"{prelude.name} not complete within {prelude.timeout:g} s",
+                    ),
+                )
+
+    def abandon_all(self) -> list[tuple[Any, Any]]:
+        """The loop is stopping: unregister every pending connection and return them."""
+        left = [(p.request, p.client_address) for p in self._pending.values()]
+        for fd in list(self._pending):
+            self._forget(fd)
+        return left
+
+    def _advance(self, pending: _Pending) -> None:
+        fd = pending.request.fileno()
+        try:
+            while True:
+                if pending.run is None:
+                    prelude = self._preludes[pending.index]
+                    pending.run = prelude.start(pending.request, pending.client_address)
+                    pending.deadline = time.monotonic() + prelude.timeout
+                step = pending.run.advance()
+                if not isinstance(step, PreludeDone):
+                    break
+                pending.request, pending.client_address = step.request, step.client_address
+                pending.run = None
+                pending.index += 1
+                self._forget(fd)  # the next prelude may hand on another socket object
+                if pending.index == len(self._preludes):
+                    pending.request.setblocking(True)
+                    self._on_done(pending.request, pending.client_address)
+                    return
+                fd = pending.request.fileno()
+        except Refused as why:
+            self._forget(fd)
+            self._on_refused(pending.request, pending.client_address, why)
+            return
+        events = selectors.EVENT_READ if step == WANT_READ else selectors.EVENT_WRITE
+        if fd not in self._pending:
+            self._pending[fd] = pending
+            self._selector.register(fd, events, self)
+        elif pending.events != events:
+            self._selector.modify(fd, events, self)
+        pending.events = events
+
+    def _forget(self, fd: int) -> None:
+        if self._pending.pop(fd, None) is not None:
+            try:
+                self._selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass  # closed already
