@@ -23,10 +23,10 @@ from collections.abc import Hashable
 
 from .errors import ConfigurationError
 
-#: Default cap on the rate limiter's table. Measured by bench/access_lookup.py: about
-#: 150 bytes per remembered client on CPython 3.11 (an int key, a float, an OrderedDict
-#: slot), so 65,536 clients cost about 10 MiB: small beside a server's other memory, and
-#: more distinct clients than one process usually sees within a refill period.
+#: Default cap on the rate limiter's table. Measured by bench/access_lookup.py on CPython
+#: 3.11: 160-180 bytes per remembered client (its int key, a float, an OrderedDict slot),
+#: so a full table of 65,536 clients holds about 13 MiB: small beside a server's other
+#: memory, and more distinct clients than one process usually sees within a refill period.
 DEFAULT_MAX_CLIENTS = 65_536
 
 #: How many refilled buckets an insertion may discard before it evicts; a small constant
