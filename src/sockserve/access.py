@@ -2,9 +2,9 @@
 
 Pure decisions on a ``client_address``, meant to run in the accept loop of every mode: no
 socket, clock, lock or I/O, and each call costs O(number of distinct prefix lengths in a
-list), not O(number of rules). The admission stage that calls them, and what a refusal
-does, live in ``connection.py``/``admission.py``; the per-client tables live in
-``client_limits.py``.
+list), not O(number of rules). Wiring them in is an admission stage's job (a refusal
+becomes ``connection.Rejected(reason)``, counted by ``admission.admit``); the per-client
+tables live in ``client_limits.py``.
 
 Addresses come in the shapes ``socketserver`` hands out: ``(host, port)``,
 ``(host, port, flowinfo, scope_id)``, a bare host string, or a Unix socket's path (``""``
@@ -55,8 +55,8 @@ def parse_ip(host: str) -> tuple[int, int] | None:
     """``(4, n)`` or ``(6, n)`` for an IP literal, with IPv4-mapped IPv6 as ``(4, n)``.
 
     None for anything else (a hostname, a Unix path). A ``%zone`` is dropped.
-    ``inet_pton`` rather than ``ipaddress.ip_address``: it takes about a third of the time
-    (bench/access_lookup.py), and this runs for every accepted connection.
+    ``inet_pton`` rather than ``ipaddress.ip_address``: about six times faster for an IPv4
+    host (0.25 vs 1.6 µs, bench/access_lookup.py), and this runs for every connection.
     """
     try:
         if ":" in host:
@@ -99,7 +99,10 @@ class NetworkList:
     adjacent ones merge), then grouped by prefix length, one ``frozenset`` of network
     integers per length. A client's integer, masked to each length in turn, is looked up in
     that set: at most 33 (IPv4) or 129 (IPv6) set lookups, and in practice a handful, however
-    many rules there are.
+    many rules there are. Measured (bench/access_lookup.py, a miss, parsing included): about
+    0.6 µs with 1 or 10 rules, 1 µs with 1,000 random rules (13 lengths), 2 µs (IPv4) and
+    6 µs (IPv6) in the worst case of one rule per possible length; a loop over 1,000
+    ``ipaddress`` networks takes about 180 µs.
     """
 
     __slots__ = ("_tables", "specs")
