@@ -503,7 +503,9 @@ def test_active_children_before_and_after_a_fork() -> None:
 #: module must be given its place.
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "addresses", "metrics", "episodes"),
-    ("listeners", "sockets"),
+    ("listeners", "sockets", "systemd"),
+    # Who the peer really is and what its first bytes say: pure decisions and parsers.
+    ("access", "client_limits", "proxy_protocol", "proxy_protocol.*", "tls"),
     ("admission", "admission.*"),
     ("dispatch", "dispatch.*"),
     ("handlers", "handler_errors"),
@@ -543,7 +545,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("aio.servers",),
     ("aio",),
     ("",),  # the package's __init__
-    ("testing", "pytest_plugin", "demo"),
+    ("testing", "testing.*", "pytest_plugin", "demo"),
     ("cli", "__main__"),
 ]
 
