@@ -89,13 +89,15 @@ def parse_v1(data: bytes | bytearray | memoryview) -> ProxyHeader | None:
 
 def _check_partial(window: bytes) -> None:
     """Refuse a CRLF-less prefix that no further bytes can make valid."""
-    _check_line_ends(window[:-1] if window.endswith(b"\r") else window)
+    if window.endswith(b"\r"):
+        window = window[:-1]  # the LF may be next
+    _check_line_ends(window)
     rest = window[len(V1_SIGNATURE) :]
     keyword = next((k for k in _KEYWORDS if k.startswith(rest[: len(k)])), None)
     if keyword is None:
         raise _bad_field("protocol must be TCP4, TCP6 or UNKNOWN", window)
     if keyword == b"UNKNOWN":
-        if len(rest) > 7 and rest[7] not in b" \r":
+        if len(rest) > 7 and rest[7] != 0x20:
             raise _bad_field("UNKNOWN must be followed by a space or CRLF", window)
         return  # section 2.1: anything may follow until the CRLF
     fields = rest[len(keyword) :]
