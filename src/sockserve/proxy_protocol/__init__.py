@@ -28,14 +28,14 @@ server is configured for PROXY (``accept`` picks the versions) or not at all.
 
 Where code belongs: ``header`` holds the result types, wire constants and limits (with
 their spec sections); ``v1`` and ``v2`` parse one format each and decide nothing about
-the other; ``crc32c`` is the checksum; ``encode`` builds headers for tests, clients and
+the other; ``checksum`` is CRC32c; ``encode`` builds headers for tests, clients and
 benchmarks. This module only picks the format.
 """
 
 from __future__ import annotations
 
 from ..errors import ConfigurationError, ProxyHeaderError
-from .crc32c import crc32c
+from .checksum import crc32c
 from .encode import encode_ssl_tlv, encode_v1, encode_v1_unknown, encode_v2, encode_v2_local
 from .header import (
     PP2_CLIENT_CERT_CONN,

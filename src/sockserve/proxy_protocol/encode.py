@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterable
 
 from ..errors import AddressError, ConfigurationError, PortOutOfRangeError
-from .crc32c import crc32c
+from .checksum import crc32c
 from .header import (
     PP2_CLIENT_SSL,
     PP2_SUBTYPE_SSL_CIPHER,

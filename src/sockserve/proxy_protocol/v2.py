@@ -31,7 +31,7 @@ import socket
 import struct
 
 from ..errors import ProxyHeaderError
-from .crc32c import crc32c
+from .checksum import crc32c
 from .header import (
     PP2_SUBTYPE_SSL_CIPHER,
     PP2_SUBTYPE_SSL_CN,
