@@ -34,7 +34,9 @@ benchmarks. This module only picks the format.
 
 from __future__ import annotations
 
-from ..errors import ConfigurationError, ProxyHeaderError
+from .. import errors
+from ..errors import ProxyHeaderError
+from . import v1, v2
 from .checksum import crc32c
 from .encode import encode_ssl_tlv, encode_v1, encode_v1_unknown, encode_v2, encode_v2_local
 from .header import (
@@ -63,8 +65,6 @@ from .header import (
     ProxyHeader,
     SslInfo,
 )
-from .v1 import parse_v1
-from .v2 import parse_v2
 
 __all__ = [
     "parse_proxy_header",
@@ -123,9 +123,9 @@ def parse_proxy_header(
     """
     versions = ACCEPT_VERSIONS.get(accept)
     if versions is None:
-        raise ConfigurationError(f"accept must be 'v1', 'v2' or 'any', not {accept!r}")
+        raise errors.ConfigurationError(f"accept must be 'v1', 'v2' or 'any', not {accept!r}")
     if max_v2_bytes < V2_FIXED_BYTES:
-        raise ConfigurationError(f"max_v2_bytes must be at least {V2_FIXED_BYTES}")
+        raise errors.ConfigurationError(f"max_v2_bytes must be at least {V2_FIXED_BYTES}")
     if not data:
         return None
     version, signature = _SIGNATURES.get(data[0], (0, b""))
@@ -142,8 +142,8 @@ def parse_proxy_header(
     if len(seen) < len(signature):
         return None
     if version == 1:
-        return parse_v1(data)
-    return parse_v2(data, max_v2_bytes)
+        return v1.parse(data)
+    return v2.parse(data, max_v2_bytes)
 
 
 def header_bytes_needed(data: bytes | bytearray | memoryview, *, accept: str = "any") -> int:

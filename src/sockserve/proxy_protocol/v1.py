@@ -34,7 +34,7 @@ def _bad_field(message: str, line: bytes) -> ProxyHeaderError:
     return ProxyHeaderError("v1_bad_field", f"PROXY v1: {message}", excerpt=line)
 
 
-def parse_v1(data: bytes | bytearray | memoryview) -> ProxyHeader | None:
+def parse(data: bytes | bytearray | memoryview) -> ProxyHeader | None:
     """Parse a v1 line at the start of ``data`` (which starts with ``PROXY ``).
 
     ``None``: no CRLF yet, and what is there could still become a valid line.

@@ -86,7 +86,7 @@ def _refuse(reason: str, message: str, data: bytes | bytearray | memoryview) -> 
     return ProxyHeaderError(reason, f"PROXY v2: {message}", excerpt=bytes(data[:V2_FIXED_BYTES]))
 
 
-def parse_v2(data: bytes | bytearray | memoryview, max_bytes: int) -> ProxyHeader | None:
+def parse(data: bytes | bytearray | memoryview, max_bytes: int) -> ProxyHeader | None:
     """Parse a v2 header at the start of ``data`` (whose 12-byte signature matched).
 
     ``None``: too few bytes yet, and those present are valid so far.
