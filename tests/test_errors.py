@@ -30,7 +30,9 @@ from sockserve.errors import (
     ConfigurationError,
     HandlerClassError,
     HostResolutionError,
+    PeerProtocolError,
     PortOutOfRangeError,
+    ProxyHeaderError,
     SockserveError,
     UnixSocketPathExistsError,
 )
@@ -492,6 +494,8 @@ def test_every_error_class_derives_from_sockserve_error() -> None:
         (BindError, (SockserveError, OSError)),
         (AddressInUseError, (BindError, OSError)),
         (UnixSocketPathExistsError, (AddressInUseError, OSError)),
+        (PeerProtocolError, (SockserveError, ValueError)),
+        (ProxyHeaderError, (PeerProtocolError, ValueError)),
     ],
     ids=lambda value: value.__name__ if isinstance(value, type) else "",
 )

@@ -21,7 +21,9 @@ from .errors import (
     ConfigurationError,
     HandlerClassError,
     HostResolutionError,
+    PeerProtocolError,
     PortOutOfRangeError,
+    ProxyHeaderError,
     SockserveError,
     UnixSocketPathExistsError,
 )
@@ -79,6 +81,8 @@ __all__ = [
     "BindError",
     "AddressInUseError",
     "UnixSocketPathExistsError",
+    "PeerProtocolError",
+    "ProxyHeaderError",
 ]
 
 

@@ -13,12 +13,22 @@
     │       └── UnixSocketPathExistsError                 a file already sits at the path
     ├── LineTooLongError            (also asyncio.LimitOverrunError, ValueError)  async mode:
     │                               a line longer than the handler's max_line_length
-    └── ReadTimeoutError            (also TimeoutError)  async mode: no data within timeout
+    ├── ReadTimeoutError            (also TimeoutError)  async mode: no data within timeout
+    └── PeerProtocolError           (also ValueError)  the peer's fault: its bytes break the
+        │                           protocol; ``reason`` names the rule, ``reply`` is what
+        │                           to send before closing (empty: close at once)
+        └── ProxyHeaderError        a PROXY protocol v1/v2 header we must refuse
 
 Each class also derives from the built-in exception the standard library raises in the
 same situation, so code written against ``socketserver`` that catches ``OSError``,
 ``OverflowError`` or ``TypeError`` keeps working; the difference is the message, which
 always names the problem and the address.
+
+The peer's fault is kept apart from ours (as h11 separates ``RemoteProtocolError`` from
+``LocalProtocolError``): a ``PeerProtocolError`` is about one connection, never about the
+server, so the right response is to close that connection, count it and keep serving.
+Its message quotes at most ``PEER_EXCERPT_BYTES`` of what the peer sent, escaped, so a
+hostile peer can neither flood a log line nor write control characters into it.
 
 This module is a leaf: it imports nothing from sockserve. ``LineTooLongError`` derives
 from an asyncio class, yet importing this module must not import asyncio (about 10 ms and
@@ -73,6 +83,47 @@ class UnixSocketPathExistsError(AddressInUseError):
 
 class ReadTimeoutError(SockserveError, TimeoutError):
     """Async mode: no data arrived within the handler's ``timeout`` seconds."""
+
+
+#: The most bytes of peer data an error message quotes (escaped, so up to 4x in text).
+PEER_EXCERPT_BYTES = 40
+
+
+class PeerProtocolError(SockserveError, ValueError):
+    """The peer sent bytes the protocol forbids; close this connection, keep serving.
+
+    ``reason`` is a short machine-readable name for the rule that was broken (for
+    metrics and tests); ``reply`` is the bytes to send before closing, empty when the
+    protocol says to close without a word. ``excerpt`` (optional) is the offending peer
+    data: the message quotes at most ``PEER_EXCERPT_BYTES`` of it, escaped.
+    """
+
+    reply: bytes = b""
+
+    def __init__(self, reason: str, message: str, *, excerpt: bytes | None = None) -> None:
+        if excerpt is not None:
+            shown = repr(bytes(excerpt[:PEER_EXCERPT_BYTES]))
+            more = "..." if len(excerpt) > PEER_EXCERPT_BYTES else ""
+            message = f"{message} (got {shown}{more})"
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[type[PeerProtocolError], tuple[str, str]]:
+        # Pickling would otherwise call the class with the message alone; the excerpt is
+        # already folded into the message, so these two arguments rebuild the error.
+        return (type(self), (self.reason, self.message))
+
+
+class ProxyHeaderError(PeerProtocolError):
+    """A PROXY protocol header (v1 text or v2 binary) that must be refused.
+
+    The spec (HAProxy's proxy-protocol.txt, section 2.1) says to abort the connection
+    without a reply, so ``reply`` stays empty.
+    """
 
 
 _LINE_TOO_LONG_DOC = """Async mode: a line (or ``readuntil`` chunk) longer than ``limit``.
