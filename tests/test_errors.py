@@ -31,7 +31,9 @@ from sockserve.errors import (
     HandlerClassError,
     HostResolutionError,
     PortOutOfRangeError,
+    SocketActivationError,
     SockserveError,
+    SystemdEnvironmentError,
     UnixSocketPathExistsError,
 )
 from unix_paths import short_directory
@@ -493,6 +495,8 @@ def test_every_error_class_derives_from_sockserve_error() -> None:
         (SockserveError, (Exception,)),
         (ConfigurationError, (SockserveError, TypeError)),
         (HandlerClassError, (ConfigurationError, TypeError)),
+        (SystemdEnvironmentError, (ConfigurationError, TypeError)),
+        (SocketActivationError, (SystemdEnvironmentError, ConfigurationError)),
         (AddressError, (SockserveError, ValueError)),
         (PortOutOfRangeError, (AddressError, OverflowError)),
         (HostResolutionError, (AddressError, socket.gaierror, OSError)),

@@ -22,7 +22,9 @@ from .errors import (
     HandlerClassError,
     HostResolutionError,
     PortOutOfRangeError,
+    SocketActivationError,
     SockserveError,
+    SystemdEnvironmentError,
     UnixSocketPathExistsError,
 )
 from .handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
@@ -79,6 +81,8 @@ __all__ = [
     "BindError",
     "AddressInUseError",
     "UnixSocketPathExistsError",
+    "SystemdEnvironmentError",
+    "SocketActivationError",
 ]
 
 
