@@ -503,7 +503,7 @@ def test_active_children_before_and_after_a_fork() -> None:
 #: module must be given its place.
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "addresses", "metrics"),
-    ("listeners", "sockets"),
+    ("listeners", "sockets", "systemd"),  # systemd: inherited listeners, notifications
     ("connection", "limits", "admission"),
     ("dispatch", "dispatch.*"),
     ("handlers", "handler_errors"),
