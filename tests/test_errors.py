@@ -33,7 +33,9 @@ from sockserve.errors import (
     PeerProtocolError,
     PortOutOfRangeError,
     ProxyHeaderError,
+    SocketActivationError,
     SockserveError,
+    SystemdEnvironmentError,
     UnixSocketPathExistsError,
 )
 from unix_paths import short_directory
@@ -87,6 +89,13 @@ def make_stale_socket(path: Path) -> None:
     """Leave a socket file with nobody behind it, as a crashed server does."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.bind(str(path))
+
+
+def make_symlink_to_stale_socket(path: Path) -> None:
+    """A symlink is not a socket file, even when it points to one: never followed."""
+    target = path.with_name("target.sock")
+    make_stale_socket(target)
+    path.symlink_to(target.name)
 
 
 # -- each mistake: its error class, its built-in base, its message -----------------------
@@ -197,7 +206,7 @@ def test_handler_class_error_names_a_unix_path(unix_dir: Path) -> None:
 
 UNIX_PATH_OCCUPANTS: dict[str, Callable[[Path], Any]] = {
     "plain-file": lambda path: path.write_bytes(b"not a socket"),
-    "stale-socket": make_stale_socket,
+    "symlink-to-a-stale-socket": make_symlink_to_stale_socket,
 }
 
 
@@ -310,7 +319,7 @@ def test_server_bind_by_hand_reports_a_bad_address(
 @needs_unix
 def test_server_bind_by_hand_reports_an_existing_unix_path(unix_dir: Path) -> None:
     path = unix_dir / "b.sock"
-    make_stale_socket(path)
+    path.write_bytes(b"not a socket")
     server = sockserve.UnixStreamServer(str(path), Handler, bind_and_activate=False)
     try:
         with pytest.raises(UnixSocketPathExistsError) as excinfo:
@@ -442,7 +451,7 @@ def test_server_bind_by_hand_then_close_leaks_no_descriptor(listening_port: int)
 @pytest.mark.parametrize("server_class_name", ["UnixStreamServer", "UnixDatagramServer"])
 def test_existing_unix_path_leaks_no_descriptor(unix_dir: Path, server_class_name: str) -> None:
     path = unix_dir / "l.sock"
-    make_stale_socket(path)
+    path.write_bytes(b"not a socket")
     server_class = getattr(sockserve, server_class_name)
     assert_failures_leak_no_descriptor(
         lambda: server_class(str(path), Handler), UnixSocketPathExistsError, LEAK_ROUNDS
@@ -488,6 +497,8 @@ def test_every_error_class_derives_from_sockserve_error() -> None:
         (SockserveError, (Exception,)),
         (ConfigurationError, (SockserveError, TypeError)),
         (HandlerClassError, (ConfigurationError, TypeError)),
+        (SystemdEnvironmentError, (ConfigurationError, TypeError)),
+        (SocketActivationError, (SystemdEnvironmentError, ConfigurationError)),
         (AddressError, (SockserveError, ValueError)),
         (PortOutOfRangeError, (AddressError, OverflowError)),
         (HostResolutionError, (AddressError, socket.gaierror, OSError)),

@@ -24,7 +24,9 @@ from .errors import (
     PeerProtocolError,
     PortOutOfRangeError,
     ProxyHeaderError,
+    SocketActivationError,
     SockserveError,
+    SystemdEnvironmentError,
     UnixSocketPathExistsError,
 )
 from .handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
@@ -83,6 +85,8 @@ __all__ = [
     "UnixSocketPathExistsError",
     "PeerProtocolError",
     "ProxyHeaderError",
+    "SystemdEnvironmentError",
+    "SocketActivationError",
 ]
 
 

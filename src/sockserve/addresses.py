@@ -39,6 +39,18 @@ def format_address(address: Any) -> str:
     return repr(address)
 
 
+def unix_address(text: str) -> str:
+    """A Unix socket address from its written form: ``@name`` → the abstract ``"\\0name"``.
+
+    The inverse of ``format_address`` for Unix names, for command lines and configuration
+    files, where a NUL byte cannot be typed. A path (or ``""``) is returned as it is; the
+    server classes take addresses as the ``socket`` module does and do not translate.
+    """
+    if text.startswith("@"):
+        return "\0" + text[1:]
+    return text
+
+
 def is_ipv6_literal(host: object) -> bool:
     """True for a host string that is an IPv6 address (optionally with a %scope)."""
     if not isinstance(host, str) or ":" not in host:

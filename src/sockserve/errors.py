@@ -4,7 +4,9 @@
 
     SockserveError
     ├── ConfigurationError          (also TypeError)  a setting or argument makes no sense
-    │   └── HandlerClassError                          RequestHandlerClass is not callable
+    │   ├── HandlerClassError                          RequestHandlerClass is not callable
+    │   └── SystemdEnvironmentError                    systemd's variables contradict
+    │       └── SocketActivationError                  LISTEN_*: no usable sockets
     ├── AddressError                (also ValueError)  a server address we cannot use
     │   ├── PortOutOfRangeError     (also OverflowError, like the socket module)
     │   └── HostResolutionError     (also socket.gaierror)
@@ -52,6 +54,14 @@ class ConfigurationError(SockserveError, TypeError):
 
 class HandlerClassError(ConfigurationError):
     """``RequestHandlerClass`` is not something we can call per request."""
+
+
+class SystemdEnvironmentError(ConfigurationError):
+    """Variables systemd sets (``LISTEN_*``, ``WATCHDOG_*``) contradict themselves or us."""
+
+
+class SocketActivationError(SystemdEnvironmentError):
+    """``LISTEN_FDS``/``LISTEN_PID``/``LISTEN_FDNAMES`` do not describe usable sockets."""
 
 
 class AddressError(SockserveError, ValueError):

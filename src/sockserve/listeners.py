@@ -1,7 +1,8 @@
 """Listening sockets: binding with clear errors, and what to do when accept() fails.
 
 Binding translates the kernel's terse errors into sockserve errors that name the address
-(``errors.py``). Accepting classifies each ``OSError`` by a named errno policy:
+(``errors.py``); a stale Unix socket file is removed first (``sockets.py`` tells stale
+from live). Accepting classifies each ``OSError`` by a named errno policy:
 
 * transient errors concern one half-open connection or an interrupted call: retry at once;
 * capacity errors mean the process or system is out of a resource (descriptors, buffers,
@@ -15,9 +16,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
-import stat
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from .errors import (
     PortOutOfRangeError,
     UnixSocketPathExistsError,
 )
+from .sockets import clear_unix_socket_path
 
 log = logging.getLogger("sockserve.listeners")
 
@@ -113,17 +113,11 @@ def _bind_error(exc: OSError, call: str, shown: str) -> BindError:
 
 
 def _check_unix_path_free(address: Any) -> None:
-    if not isinstance(address, (str, bytes, os.PathLike)):
-        return
-    path = os.fspath(address)
-    if not path or path[:1] in ("\0", b"\0"):
-        return  # unnamed or abstract namespace: nothing on the filesystem
-    if os.path.lexists(path):
-        kind = "socket" if stat.S_ISSOCK(os.lstat(path).st_mode) else "file"
+    occupant = clear_unix_socket_path(address)  # removes a stale socket file
+    if occupant is not None:
         raise UnixSocketPathExistsError(
             errno.EADDRINUSE,
-            f"Unix socket path already exists ({kind}): {format_address(address)}"
-            " — remove it if no server is using it",
+            f"Unix socket path already exists ({occupant}): {format_address(address)}",
         )
 
 

@@ -39,7 +39,9 @@ from .serving.core import ServingCore
 from .serving.selector_loop import ServeLoop, Server
 from .sockets import (
     UnixSocketFile,
+    apply_unix_socket_mode,
     bound_unix_socket_file,
+    check_unix_socket_mode,
     family_and_bind_address,
     open_socket,
     receive_datagram,
@@ -327,6 +329,10 @@ class TCPServer(BaseServer):
     (backlog), ``allow_reuse_address``, ``allow_reuse_port``, ``dual_stack`` (one IPv6
     socket that takes IPv4 clients too; they appear as plain IPv4 ``client_address``).
     An IPv6 literal host gives an ``AF_INET6`` socket without further ado.
+    ``unix_socket_mode`` (Unix servers; default None, the umask decides) gives the socket
+    file its permission bits before any client can reach it. A stale socket file at the
+    path (nobody bound to it any more) is removed at bind, with an INFO log line; a live
+    socket or any other file raises ``UnixSocketPathExistsError``.
 
     Resource handling: a constructor that raises has closed the socket. ``server_close``
     closes it, and a Unix socket file this server created is removed.
@@ -338,6 +344,7 @@ class TCPServer(BaseServer):
     allow_reuse_address: bool = False
     allow_reuse_port: bool = False
     dual_stack: bool = False
+    unix_socket_mode: int | None = None
 
     def __init__(
         self,
@@ -387,8 +394,10 @@ class TCPServer(BaseServer):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if self.allow_reuse_port and hasattr(socket, "SO_REUSEPORT"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        mode = check_unix_socket_mode(self.socket, self.server_address, self.unix_socket_mode)
         bind_socket(self.socket, self.server_address)
         self._remember_unix_path()
+        apply_unix_socket_mode(self._unix_path_created, mode)  # before listen(): no client yet
         self.server_address = self.socket.getsockname()
 
     def server_activate(self) -> None:

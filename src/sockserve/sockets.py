@@ -8,19 +8,26 @@ without touching the server classes. Binding and listening, with their errors, a
 * choosing its address family, and opening it: with ``dual_stack``, as one IPv6 socket
   that takes IPv4 clients too;
 * receiving one datagram and telling whether the kernel cut it to fit;
-* remembering the Unix socket file a bind created, so closing removes that file and no
-  other.
+* the Unix socket file: making way for a bind where a crashed server left a stale file,
+  giving the new file its mode (``unix_socket_mode``), and remembering the file a bind
+  created, so closing removes that file and no other.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import socket
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 from .addresses import dual_stack_address, family_for, format_address, is_ipv4_literal
-from .errors import ConfigurationError
+from .errors import BindError, ConfigurationError
+
+log = logging.getLogger("sockserve.sockets")
 
 
 def family_and_bind_address(
@@ -124,3 +131,161 @@ def remove_unix_socket_file(created: UnixSocketFile) -> None:
             os.unlink(created.path)
     except OSError:
         pass  # already gone, or replaced by someone else's file: leave it
+
+
+# -- making way for a bind, and the new file's mode ------------------------------------------
+
+#: What ``connect()`` from a SOCK_DGRAM socket answers for a path that is a socket file,
+#: measured on Linux 6.18 for files left by each socket type (and matching
+#: ``unix_find_bsd()`` and ``unix_dgram_connect()`` in net/unix/af_unix.c):
+#:
+#: ======================  ============  ============  ==================================
+#: file bound by           stale         live          bound, not yet listening
+#: ======================  ============  ============  ==================================
+#: SOCK_STREAM             ECONNREFUSED  EPROTOTYPE    EPROTOTYPE
+#: SOCK_SEQPACKET          ECONNREFUSED  EPROTOTYPE    EPROTOTYPE
+#: SOCK_DGRAM              ECONNREFUSED  connects      (datagram sockets do not listen)
+#: ======================  ============  ============  ==================================
+#:
+#: So a datagram probe tells "no socket is bound to this file" (ECONNREFUSED) from "a
+#: socket is" (it connects, or EPROTOTYPE: one of another type), whatever the server's
+#: type. A probe of the server's own stream type would not: it is refused by a stream
+#: server between bind() and listen() too (one built with ``bind_and_activate=False``, or
+#: starting this instant), whose file would then be taken for stale. A datagram probe
+#: also sends nothing, so a live stream server never sees a stray connection. Any other
+#: answer (EACCES without write permission, say) proves nothing: the file stays.
+STALE_UNIX_SOCKET_ERRNO = errno.ECONNREFUSED
+BOUND_UNIX_SOCKET_ERRNOS = frozenset({errno.EPROTOTYPE})
+
+
+def clear_unix_socket_path(address: Any) -> str | None:
+    """Make way for a bind at ``address``: None if the path is free now, else what is there.
+
+    A socket file that no socket is bound to any more (its server crashed, or exited
+    without removing it) is stale: it is removed with one INFO line on
+    ``sockserve.sockets``, and the bind can go ahead. Anything else is left alone and
+    described for the caller's error message: a socket some process has bound, a socket
+    that cannot be probed (no write permission on it, for instance), or a file that is
+    not a socket (a symlink counts as one: it is never followed).
+
+    Two servers starting at once on one stale path both see it stale; the file is only
+    removed if the path still names the file probed, so the slower server does not delete
+    the faster one's new file (barring the instant between that check and the unlink).
+    """
+    if not isinstance(address, (str, bytes, os.PathLike)):
+        return None
+    path = os.fspath(address)
+    if not path or path[:1] in ("\0", b"\0"):
+        return None  # unnamed or abstract namespace: nothing on the filesystem
+    with _held_file(path) as probed:
+        if probed is None:
+            return None  # nothing there (or nothing we can see): bind() will say what
+        if not stat.S_ISSOCK(probed.st_mode):
+            return "a file that is not a socket; not removed"
+        refused = _probe_unix_socket_file(path)
+        if refused is None or refused in BOUND_UNIX_SOCKET_ERRNOS:
+            return "a socket that a server is using"
+        if refused != STALE_UNIX_SOCKET_ERRNO:
+            return (
+                f"a socket that could not be probed: {os.strerror(refused)}"
+                " — remove it if no server is using it"
+            )
+        try:
+            now = os.lstat(path)
+            if (now.st_dev, now.st_ino) != (probed.st_dev, probed.st_ino):
+                return "a socket that another process created just now"
+            os.unlink(path)
+        except FileNotFoundError:
+            pass  # another process removed it first: the path is free all the same
+        except OSError as exc:
+            return f"a stale socket that could not be removed: {exc.strerror}"
+    log.info("removed stale Unix socket file %s (no socket was bound to it)", format_address(path))
+    return None
+
+
+@contextmanager
+def _held_file(path: str | bytes) -> Iterator[os.stat_result | None]:
+    """The status of the file at ``path`` (a symlink itself, never its target); None if none.
+
+    Inside the block the file is held open with O_PATH where there is one (Linux), so its
+    inode number cannot pass to a new file: comparing numbers then tells for sure whether
+    the path still names it. Without the hold the comparison is a best effort: tmpfs gave
+    a file made just after an unlink the freed number (measured here).
+    """
+    o_path = getattr(os, "O_PATH", 0)
+    held = -1
+    try:
+        if o_path:
+            held = os.open(path, o_path | os.O_NOFOLLOW | os.O_CLOEXEC)
+            status = os.fstat(held)
+        else:
+            status = os.lstat(path)
+    except OSError:
+        status = None
+    try:
+        yield status
+    finally:
+        if held >= 0:
+            os.close(held)
+
+
+def _probe_unix_socket_file(path: str | bytes) -> int | None:
+    """None if a datagram connect() to ``path`` succeeds, else its errno (see the table)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        probe.setblocking(False)  # a datagram connect does not block; this makes it certain
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            return exc.errno if exc.errno is not None else errno.EIO
+    return None
+
+
+def check_unix_socket_mode(sock: socket.socket, address: Any, mode: object) -> int | None:
+    """Validate ``unix_socket_mode`` for a server bound to ``address``, before the bind.
+
+    Where the kernel allows it, the unbound socket takes the mode too: Linux creates the
+    file with the socket's own mode masked by the umask (``unix_bind_bsd()`` in
+    net/unix/af_unix.c; measured: ``fchmod(0o600)`` before bind under umask 022 gave a
+    0o600 file, where 0o755 is the default). So the file is never wider than asked, not
+    even for the instant between bind() and ``apply_unix_socket_mode()``. That matters
+    for datagram sockets, which take datagrams as soon as they are bound; stream
+    sockets refuse connections until listen() anyway. Changing the umask instead would be
+    racy: it is per process, and other threads would create files under it.
+    """
+    if mode is None:
+        return None
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+        raise ConfigurationError(
+            f"unix_socket_mode must be None or permission bits from 0 to 0o777 (such as "
+            f"0o660), not {mode!r}"
+        )
+    if sock.family != getattr(socket, "AF_UNIX", None):
+        raise ConfigurationError(
+            f"unix_socket_mode needs a Unix socket server, not address {format_address(address)}"
+        )
+    path = os.fspath(address) if isinstance(address, (str, bytes, os.PathLike)) else ""
+    if not path or path[:1] in ("\0", b"\0"):
+        raise ConfigurationError(
+            f"unix_socket_mode needs a socket file, and {format_address(address)} has none "
+            "(abstract and unnamed sockets have no permissions: any local process may "
+            "connect)"
+        )
+    try:
+        os.fchmod(sock.fileno(), mode)
+    except OSError:
+        pass  # not on this system (BSDs refuse it): apply_unix_socket_mode() still sets it
+    return mode
+
+
+def apply_unix_socket_mode(created: UnixSocketFile | None, mode: int | None) -> None:
+    """Give the file a bind just created exactly ``mode``, whatever the umask took away."""
+    if created is None or mode is None:
+        return
+    try:
+        os.chmod(created.path, mode)
+    except OSError as exc:
+        raise BindError(
+            exc.errno,
+            f"cannot set unix_socket_mode {mode:#o} on {format_address(created.path)}: "
+            f"{exc.strerror}",
+        ) from exc
