@@ -531,7 +531,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("aio.servers",),
     ("aio",),
     ("",),  # the package's __init__
-    ("testing", "pytest_plugin", "demo"),
+    ("testing", "testing.*", "pytest_plugin", "demo"),
     ("cli", "__main__"),
 ]
 
