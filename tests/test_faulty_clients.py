@@ -200,9 +200,11 @@ def test_reply_bytes_stops_reading_and_reports_open() -> None:
     assert outcome.ended == "open"
 
 
-def test_piece_size_must_be_positive() -> None:
+def test_piece_size_and_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError, match="piece_size"):
         send_in_pieces(("127.0.0.1", 9), b"x", piece_size=0)
+    with pytest.raises(ValueError, match="timeout"):
+        half_close(("127.0.0.1", 9), b"x", timeout=0)
 
 
 # -- resets -----------------------------------------------------------------------------

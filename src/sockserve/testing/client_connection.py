@@ -76,7 +76,8 @@ class ClientConnection:
 
     Methods for the caller: ``send``, ``watch``, ``read``, ``wait_unread``,
     ``shut_write``, then ``outcome()``; ``abort()`` or ``close()`` (or the ``with``
-    block) release the socket.
+    block) release the socket. ``sock`` is the socket itself, for options the steps do
+    not cover; ``ended`` is ``None`` until the server ends the connection.
 
     Resource handling: the socket is created and connected in the constructor (closed
     again there if the connect fails for a reason other than a refusal); leaving the
@@ -95,6 +96,8 @@ class ClientConnection:
         nodelay: bool = False,
         receive_buffer: int | None = None,
     ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
         self.started = time.monotonic()
         self.deadline = self.started + timeout
         self.sent = 0
@@ -185,7 +188,11 @@ class ClientConnection:
             if left <= 0:
                 return
             for _, events in poller.poll(math.ceil(left * 1000)):
-                if not self._note_socket_error() and events & (select.POLLHUP | _POLLRDHUP):
+                if self._note_socket_error():
+                    return
+                if events & select.POLLERR:  # an error already collected: still an abort
+                    self._end("reset")
+                elif events & (select.POLLHUP | _POLLRDHUP):
                     self._end("eof")
 
     def shut_write(self) -> None:
