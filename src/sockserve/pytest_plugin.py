@@ -2,6 +2,16 @@
 
 Registered through the ``pytest11`` entry point, so installing sockserve makes the
 fixture available to every test suite without a conftest import.
+
+There is deliberately no fixture for the faulty clients of ``sockserve.testing``: each is a
+plain function that opens its own socket, stops at its own deadline and closes the socket
+before it returns, so there is nothing for a fixture to set up or tear down. Call them with
+the address of a server this fixture started::
+
+    def test_survives_a_reset(sockserve_serve):
+        server = sockserve_serve(ThreadingTCPServer(("127.0.0.1", 0), EchoHandler))
+        reset_mid_request(server.server_address, b"HEL")
+        assert half_close(server.server_address, b"hello\n").received == b"hello\n"
 """
 
 from __future__ import annotations

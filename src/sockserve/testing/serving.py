@@ -1,20 +1,10 @@
-"""Helpers for testing code that runs a sockserve (or socketserver) server.
+"""Run a server on a background thread for the length of a ``with`` block.
 
-``serve_in_thread(server)`` runs ``serve_forever`` on a background thread for the length
-of a ``with`` block::
-
-    with serve_in_thread(TCPServer(("127.0.0.1", 0), EchoHandler)) as server:
-        client = socket.create_connection(server.server_address, timeout=5)
-
-On entry the server is bound and listening (bind to port 0 and read
-``server.server_address``: clients that connect before the loop turns are queued by the
-kernel, so there is nothing to poll for). On exit it is shut down, its thread joined and
-``server_close()`` called, all within ``stop_timeout`` seconds, or ``ServerDidNotStop``
-says which step hung.
-
-The pytest fixture ``sockserve_serve`` (registered as a pytest plugin when sockserve is
-installed) wraps the same helper: ``server = sockserve_serve(TCPServer(...))`` returns
-the running server and stops it when the test ends.
+``serve_in_thread(server)`` returns the server bound and listening (bind to port 0 and
+read ``server.server_address``: clients that connect before the loop turns are queued by
+the kernel, so there is nothing to poll for). On exit it is shut down, its thread joined
+and ``server_close()`` called, all within ``stop_timeout`` seconds, or
+``ServerDidNotStop`` says which step hung.
 """
 
 from __future__ import annotations
@@ -24,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from .errors import SockserveError
+from ..errors import SockserveError
 
 ServerT = TypeVar("ServerT")
 
