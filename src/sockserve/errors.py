@@ -4,7 +4,9 @@
 
     SockserveError
     ├── ConfigurationError          (also TypeError)  a setting or argument makes no sense
-    │   └── HandlerClassError                          RequestHandlerClass is not callable
+    │   ├── HandlerClassError                          RequestHandlerClass is not callable
+    │   └── TLSConfigurationError   (also OSError)     a certificate, key or CA file we
+    │                                                  cannot use; ``path`` names it
     ├── AddressError                (also ValueError)  a server address we cannot use
     │   ├── PortOutOfRangeError     (also OverflowError, like the socket module)
     │   └── HostResolutionError     (also socket.gaierror)
@@ -13,7 +15,12 @@
     │       └── UnixSocketPathExistsError                 a file already sits at the path
     ├── LineTooLongError            (also asyncio.LimitOverrunError, ValueError)  async mode:
     │                               a line longer than the handler's max_line_length
-    └── ReadTimeoutError            (also TimeoutError)  async mode: no data within timeout
+    ├── ReadTimeoutError            (also TimeoutError)  async mode: no data within timeout
+    └── PeerProtocolError           the peer broke the protocol: its fault, not ours;
+        │                           ``reason`` is a key to count by, ``reply`` what to send
+        └── TLSHandshakeError       (also OSError, as ssl.SSLError is)  the TLS handshake
+                                    failed: garbage, a plain-text client, a refused
+                                    client certificate, a version mismatch, EOF
 
 Each class also derives from the built-in exception the standard library raises in the
 same situation, so code written against ``socketserver`` that catches ``OSError``,
@@ -73,6 +80,45 @@ class UnixSocketPathExistsError(AddressInUseError):
 
 class ReadTimeoutError(SockserveError, TimeoutError):
     """Async mode: no data arrived within the handler's ``timeout`` seconds."""
+
+
+class TLSConfigurationError(ConfigurationError, OSError):
+    """A certificate, private key or CA file that cannot be used; ``path`` names it.
+
+    An ``OSError`` too, because ``ssl`` raises ``FileNotFoundError`` or ``ssl.SSLError``
+    here. The file is kept in ``path``, not ``filename``: ``OSError`` would then print
+    ``[Errno None] None: 'cert.pem'`` instead of the message.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class PeerProtocolError(SockserveError):
+    """The peer sent something the protocol does not allow: its fault, not ours.
+
+    ``reason`` is a short, stable key to count failures by (``"tls_eof"``); the message
+    says what happened for the log. ``reply`` is the hint for the answer: bytes to send
+    before closing, or ``b""`` to close without a word.
+    """
+
+    def __init__(self, reason: str, message: str = "", *, reply: bytes = b"") -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+        self.reply = reply
+
+
+class TLSHandshakeError(PeerProtocolError, OSError):
+    """The TLS handshake with a client failed; ``reason`` starts with ``tls_``.
+
+    Keys: ``tls_bad_handshake`` (not TLS: garbage or a plain-text client),
+    ``tls_no_client_cert``, ``tls_bad_client_cert``, ``tls_version``,
+    ``tls_peer_rejected_cert`` (the client refused our certificate), ``tls_eof`` (closed
+    mid-handshake), ``tls_other``. An ``OSError`` as the ``ssl.SSLError`` it replaces is,
+    so ``except OSError`` around a handshake keeps matching. ``reply`` is always empty:
+    where TLS allows an answer, OpenSSL has already sent its alert.
+    """
 
 
 _LINE_TOO_LONG_DOC = """Async mode: a line (or ``readuntil`` chunk) longer than ``limit``.
