@@ -27,6 +27,8 @@ from .errors import (
     SocketActivationError,
     SockserveError,
     SystemdEnvironmentError,
+    TLSConfigurationError,
+    TLSHandshakeError,
     UnixSocketPathExistsError,
 )
 from .handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
@@ -87,6 +89,8 @@ __all__ = [
     "ProxyHeaderError",
     "SystemdEnvironmentError",
     "SocketActivationError",
+    "TLSConfigurationError",
+    "TLSHandshakeError",
 ]
 
 

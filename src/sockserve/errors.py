@@ -7,6 +7,8 @@
     │   ├── HandlerClassError                          RequestHandlerClass is not callable
     │   └── SystemdEnvironmentError                    systemd's variables contradict
     │       └── SocketActivationError                  LISTEN_*: no usable sockets
+    │   └── TLSConfigurationError   (also OSError)     a certificate, key or CA file we
+    │                                                  cannot use; ``path`` names it
     ├── AddressError                (also ValueError)  a server address we cannot use
     │   ├── PortOutOfRangeError     (also OverflowError, like the socket module)
     │   └── HostResolutionError     (also socket.gaierror)
@@ -19,7 +21,10 @@
     └── PeerProtocolError           (also ValueError)  the peer's fault: its bytes break the
         │                           protocol; ``reason`` names the rule, ``reply`` is what
         │                           to send before closing (empty: close at once)
-        └── ProxyHeaderError        a PROXY protocol v1/v2 header we must refuse
+        ├── ProxyHeaderError        a PROXY protocol v1/v2 header we must refuse
+        └── TLSHandshakeError       (also OSError, as ssl.SSLError is)  the TLS handshake
+                                    failed: garbage, a plain-text client, a refused
+                                    client certificate, a version mismatch, EOF
 
 Each class also derives from the built-in exception the standard library raises in the
 same situation, so code written against ``socketserver`` that catches ``OSError``,
@@ -95,6 +100,19 @@ class ReadTimeoutError(SockserveError, TimeoutError):
     """Async mode: no data arrived within the handler's ``timeout`` seconds."""
 
 
+class TLSConfigurationError(ConfigurationError, OSError):
+    """A certificate, private key or CA file that cannot be used; ``path`` names it.
+
+    An ``OSError`` too, because ``ssl`` raises ``FileNotFoundError`` or ``ssl.SSLError``
+    here. The file is kept in ``path``, not ``filename``: ``OSError`` would then print
+    ``[Errno None] None: 'cert.pem'`` instead of the message.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 #: The most bytes of peer data an error message quotes (escaped, so up to 4x in text).
 PEER_EXCERPT_BYTES = 40
 
@@ -133,6 +151,18 @@ class ProxyHeaderError(PeerProtocolError):
 
     The spec (HAProxy's proxy-protocol.txt, section 2.1) says to abort the connection
     without a reply, so ``reply`` stays empty.
+    """
+
+
+class TLSHandshakeError(PeerProtocolError, OSError):
+    """The TLS handshake with a client failed; ``reason`` starts with ``tls_``.
+
+    Keys: ``tls_bad_handshake`` (not TLS: garbage or a plain-text client),
+    ``tls_no_client_cert``, ``tls_bad_client_cert``, ``tls_version``,
+    ``tls_peer_rejected_cert`` (the client refused our certificate), ``tls_eof`` (closed
+    mid-handshake), ``tls_other``. An ``OSError`` as the ``ssl.SSLError`` it replaces is,
+    so ``except OSError`` around a handshake keeps matching. ``reply`` is always empty:
+    where TLS allows an answer, OpenSSL has already sent its alert.
     """
 
 
