@@ -397,7 +397,7 @@ def test_an_oversized_datagram_is_dropped_and_the_server_goes_on(
         after = flood_datagrams(server.server_address, b"after", count=1, replies=1)
     assert (outcome.sent, outcome.sent_bytes, outcome.error) == (1, size, None)
     assert after.replies == (b"AFTER",)  # answered, and the oversized one was not
-        assert server.stats().rejected == {"datagram_too_large": 1}
+    assert server.stats().rejected == {"datagram_too_large": 1}
     assert any("over max_packet_size" in r.getMessage() for r in caplog.records)
 
 
