@@ -51,7 +51,7 @@ import pytest
 import sockserve
 from line_clients import Client, DatagramClient, StreamClient
 from sockserve.testing import serve_in_thread
-from unix_paths import MAX_UNIX_PATH, short_directory
+from unix_paths import MAX_UNIX_PATH
 
 #: Every client socket's timeout: generous, it only bounds a failing test.
 CLIENT_TIMEOUT = 10.0
@@ -468,22 +468,6 @@ class Harness:
     def close(self) -> None:
         for log in self._logs:
             log.close()
-
-
-@pytest.fixture
-def short_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A directory for Unix sockets whose paths stay well under the AF_UNIX limit."""
-    with short_directory(tmp_path_factory.mktemp("u")) as directory:
-        yield directory
-
-
-@pytest.fixture
-def harness(kind: Kind, short_dir: Path, tmp_path: Path) -> Iterator[Harness]:
-    harness = Harness(kind, short_dir, tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.close()
 
 
 def start_serving(server: Any, poll_interval: float = 0.5) -> threading.Thread:

@@ -130,6 +130,15 @@ def control():
             server.shutdown()
             say("shutdown returned")
             shutdown_answered.set()
+        elif command.startswith(b"stats "):  # stats N: once N requests have finished
+            wanted = int(command.split()[1])
+            server._supervisor.wait_for_stats(lambda s: s.finished >= wanted, 10)
+            say("stats " + json.dumps(server.stats().to_dict()))
+        elif command.startswith(b"drain "):
+            shutdown_asked.set()
+            report = server.drain(float(command.split()[1]))
+            say(f"drained {report.finished} {report.aborted}")
+            shutdown_answered.set()
 
 
 address = config["path"] if config["kind"] == "unix" else ("127.0.0.1", 0)
@@ -578,6 +587,55 @@ def test_max_requests_recycles_workers_without_failing_a_request(
     assert len(counts) >= 7
     master.wait_for("err", r"served its max_requests; recycling it", 6)
     master.send(signal.SIGTERM)
+    assert_clean_exit(master)
+
+
+def test_max_requests_recycles_async_workers_too(start: Callable[..., Master]) -> None:
+    """Counted by the serving core, not by wrapping process_request (which async
+    servers never call): before, one async worker served all 20."""
+    master = start(kind="async", threads=False, workers=2, max_requests=5)
+    served = [master.request() for _ in range(20)]
+    counts = {pid: served.count(pid) for pid in served}
+    assert max(counts.values()) <= 5, counts
+    assert len(counts) >= 4, counts
+    master.send(signal.SIGTERM)
+    assert_clean_exit(master)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "async"])
+def test_the_masters_stats_combine_its_workers(start: Callable[..., Master], kind: str) -> None:
+    """Before, a master's stats() stayed all zeros while its workers served."""
+    master = start(kind=kind, threads=kind == "tcp", workers=2, control=True, max_requests=4)
+    for _ in range(10):  # crosses a recycling: retired workers' counts are kept
+        master.request()
+    stats = json.loads(master.command("stats 10", r"^stats (.+)$")[1])
+    assert stats["accepted"] == 10
+    assert stats["finished"] == 10
+    assert stats["active"] == 0
+    assert stats["handler_errors"] == 0
+    assert stats["workers_alive"] == 2
+    assert 1 <= stats["peak_active"] <= 10  # the largest one worker saw
+    master.send(signal.SIGTERM)
+    assert_clean_exit(master)
+
+
+@pytest.mark.parametrize("kind", ["tcp", "async"])
+def test_the_masters_drain_drains_every_worker(start: Callable[..., Master], kind: str) -> None:
+    """Before, drain(2.0) in a master returned (0, 0) at once and stopped no worker."""
+    master = start(kind=kind, threads=kind == "tcp", workers=2, control=True)
+    pids = set(master.ready_pids(2))
+    in_flight = [master.connect() for _ in range(4)]
+    assert {client.pid for client in in_flight} <= pids
+    assert master.process.stdin is not None
+    master.process.stdin.write("drain 5\n")
+    master.process.stdin.flush()
+    master.wait_for("err", r"draining \d+ request", 2)  # both workers are draining
+    for client in in_flight:  # requests accepted before the drain all complete
+        assert client.finish() in pids
+    finished, aborted = master.wait_for("out", r"^drained (\d+) (\d+)$")[0].groups()
+    assert (int(finished), int(aborted)) == (4, 0)
+    with pytest.raises(ConnectionRefusedError):  # not listening: a health check fails
+        master.connect()
     assert_clean_exit(master)
 
 

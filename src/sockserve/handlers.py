@@ -40,6 +40,28 @@ class BaseRequestHandler:
     def finish(self) -> None:
         """Clean up after ``handle()``, even if it raised."""
 
+    @property
+    def proxy(self) -> Any:
+        """The PROXY protocol header this connection came with, or None."""
+        return connection_detail(self.server, self.request, "proxy")
+
+    @property
+    def tls(self) -> Any:
+        """The negotiated TLS details (``sockserve.tls.TLSInfo``), or None (no TLS)."""
+        return connection_detail(self.server, self.request, "tls")
+
+
+def connection_detail(server: Any, request: Any, key: str) -> Any:
+    """What a prelude recorded as ``key`` for the connection serving ``request``.
+
+    None when nothing was recorded, or the server is not a sockserve server (a handler
+    of ours under the stdlib's ``socketserver``).
+    """
+    core = getattr(server, "_core", None)
+    if core is None:
+        return None
+    return core.detail_of(request, key)
+
 
 class StreamRequestHandler(BaseRequestHandler):
     """A handler for stream sockets with file objects ``self.rfile`` and ``self.wfile``.

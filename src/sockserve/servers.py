@@ -248,6 +248,8 @@ class BaseServer:
         signal handler) this is ``shutdown()``, which only asks there, so an override
         of ``shutdown`` still sees every stop.
         """
+        if drain_timeout is not None:
+            self._core.begin_draining()  # what finishes from now on counts as drained
         if self._serve_loop.is_loop_thread():
             self.shutdown()
         else:

@@ -5,8 +5,10 @@ A ``Prelude`` is configuration (one per server, e.g. "read a PROXY v2 header fro
 trusted peer"); ``start(request, client_address)`` gives a ``PreludeRun`` for one
 connection. The loop that owns the socket calls ``run.advance()`` whenever the socket is
 ready, and the run answers with what to wait for next (``WANT_READ`` / ``WANT_WRITE``),
-or ``PreludeDone(request, client_address)`` (either may be replaced: the real client
-behind a proxy, a TLS socket around the raw one), or raises ``Refused``. The run never
+or ``PreludeDone(request, client_address, details)`` (either may be replaced: the real
+client behind a proxy, a TLS socket around the raw one; ``details`` are what the
+handler may read, e.g. ``{"proxy": header}``, ``{"tls": info}``), or raises
+``Refused``. The run never
 blocks: the socket is non-blocking while preludes run.
 
 Who drives it: the selector loop of the synchronous modes (``serving/preludes.py``) and
@@ -26,8 +28,8 @@ from __future__ import annotations
 
 import selectors
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from .checks import Refused
@@ -42,10 +44,13 @@ DEFAULT_MAX_PENDING_PRELUDES = 1024
 
 @dataclass(frozen=True, slots=True)
 class PreludeDone:
-    """A prelude's result: the request and client address to continue with."""
+    """A prelude's result: the request and client address to continue with, and what
+    the handler may read about the connection (``BaseRequestHandler.connection_detail``:
+    ``self.proxy``, ``self.tls``)."""
 
     request: Any
     client_address: Any
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 class PreludeRun(Protocol):
@@ -74,12 +79,14 @@ def timeout_reason(prelude: Prelude) -> str:
 
 def drive_blocking(
     preludes: Sequence[Prelude], request: Any, client_address: Any
-) -> tuple[Any, Any]:
+) -> tuple[Any, Any, dict[str, Any]]:
     """Run ``preludes`` in order on one connection, waiting in a private selector.
 
-    Returns the final ``(request, client_address)`` or raises ``Refused`` (a timeout
-    too). The socket is left non-blocking; the caller restores what the handler needs.
+    Returns the final ``(request, client_address, details)`` or raises ``Refused`` (a
+    timeout too). The socket is left non-blocking; the caller restores what the handler
+    needs.
     """
+    details: dict[str, Any] = {}
     for prelude in preludes:
         deadline = time.monotonic() + prelude.timeout
         run = prelude.start(request, client_address)
@@ -89,6 +96,7 @@ def drive_blocking(
                 step = run.advance()
                 if isinstance(step, PreludeDone):
                     request, client_address = step.request, step.client_address
+                    details.update(step.details)
                     break
                 events = selectors.EVENT_READ if step == WANT_READ else selectors.EVENT_WRITE
                 if registered is None:
@@ -102,4 +110,4 @@ def drive_blocking(
                         timeout_reason(prelude),
                         f"{prelude.name} not complete within {prelude.timeout:g} s",
                     )
-    return request, client_address
+    return request, client_address, details

@@ -82,6 +82,8 @@ async def serve_stream(
         raise
     writer = StreamWriter(transport, reader)
     request = (reader, writer)
+    if job.details:  # what the preludes learnt, readable as handler.proxy / handler.tls
+        server._core.register_details(request, job.details)
     flush_seconds = 0.0  # unless the handler ends normally: cancelled, interrupted
     try:
         work = server.finish_request(request, client_address)
@@ -102,6 +104,8 @@ async def serve_stream(
         flush_seconds = CLOSE_FLUSH_SECONDS
         report_ending(server, exc, request, client_address)
     finally:
+        if job.details:
+            server._core.forget_details(request)
         await close_stream(writer, reader, flush_seconds)
 
 

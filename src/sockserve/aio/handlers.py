@@ -14,6 +14,7 @@ import io
 from collections.abc import Generator
 from typing import Any
 
+from ..handlers import connection_detail
 from .streams import DEFAULT_LINE_LIMIT, StreamReader
 from .writer import StreamWriter
 
@@ -51,6 +52,16 @@ class AsyncBaseRequestHandler:
 
     async def finish(self) -> None:
         """Clean up after ``handle()``, even if it raised."""
+
+    @property
+    def proxy(self) -> Any:
+        """The PROXY protocol header this connection came with, or None."""
+        return connection_detail(self.server, self.request, "proxy")
+
+    @property
+    def tls(self) -> Any:
+        """The negotiated TLS details (``sockserve.tls.TLSInfo``), or None (no TLS)."""
+        return connection_detail(self.server, self.request, "tls")
 
 
 class AsyncStreamRequestHandler(AsyncBaseRequestHandler):

@@ -19,14 +19,16 @@ from ..admission.preludes import WANT_READ, Prelude, PreludeDone, timeout_reason
 
 async def run_preludes(
     preludes: Sequence[Prelude], request: Any, client_address: Any
-) -> tuple[Any, Any]:
-    """Take one accepted socket through ``preludes``; the final request and address.
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Take one accepted socket through ``preludes``: the final request, address and
+    details (see ``PreludeDone``).
 
     Raises ``Refused`` (a timeout too). The socket stays non-blocking, as the event
     loop wants it.
     """
     loop = asyncio.get_running_loop()
     request.setblocking(False)
+    details: dict[str, Any] = {}
     for prelude in preludes:
         run = prelude.start(request, client_address)
         try:
@@ -35,6 +37,7 @@ async def run_preludes(
                     step = run.advance()
                     if isinstance(step, PreludeDone):
                         request, client_address = step.request, step.client_address
+                        details.update(step.details)
                         break
                     await _ready(loop, request.fileno(), reading=step == WANT_READ)
         except TimeoutError:
@@ -42,7 +45,7 @@ async def run_preludes(
                 timeout_reason(prelude),
                 f"{prelude.name} not complete within {prelude.timeout:g} s",
             ) from None
-    return request, client_address
+    return request, client_address, details
 
 
 async def _ready(loop: asyncio.AbstractEventLoop, fd: int, *, reading: bool) -> None:

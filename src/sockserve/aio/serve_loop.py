@@ -64,6 +64,7 @@ class AsyncServeLoop:
         self.limiter = core.limiter
         core.wake_loop = self._update_listener
         self._in_preludes = 0
+        self._last_drain: DrainReport | None = None
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -294,16 +295,18 @@ class AsyncServeLoop:
                 log.error("a prelude failed for %s", format_address(client_address), exc_info=exc)
                 request.close()
             else:
-                result = task.result()
+                request, client_address, details = task.result()
                 if self._is_stopping or self._is_draining:
-                    self.core.refuse(server, result[0], result[1], "stopping", "stopping")
+                    self.core.refuse(server, request, client_address, "stopping", "stopping")
                 else:
-                    self._admit(*result)
+                    self._admit(request, client_address, details)
         self._update_listener()
 
-    def _admit(self, request: Any, client_address: Any) -> asyncio.Task[None] | bool:
+    def _admit(
+        self, request: Any, client_address: Any, details: dict[str, Any] | None = None
+    ) -> asyncio.Task[None] | bool:
         server = self._server
-        job = self.core.admit_client(server, request, client_address)
+        job = self.core.admit_client(server, request, client_address, details)
         if job is None:
             return False
         # The task's own context, given to serve_stream too: it resumes the handler in
@@ -385,6 +388,11 @@ class AsyncServeLoop:
         with self._lock:
             loop, loop_thread = self._loop, self._loop_thread
             if loop is None:
+                # Not serving. If a drain ended the last serve() (a pre-fork worker's
+                # stop starts one on the loop), that drain's report is the answer.
+                report, self._last_drain = self._last_drain, None
+                if report is not None:
+                    return report
                 setattr(server, STOP_FLAG, True)
                 return DrainReport(finished=0, aborted=0, seconds=time.monotonic() - started)
         if loop_thread == threading.get_ident():
@@ -406,6 +414,7 @@ class AsyncServeLoop:
                     future.cancel()  # serve() ended before the drain could run
                     return DrainReport(0, 0, seconds=time.monotonic() - started)
         stopped.wait(ABORT_GRACE_SECONDS)
+        self._last_drain = None  # answered here
         return report
 
     async def drain_async(self, server: Any, timeout: float) -> DrainReport:
@@ -416,8 +425,8 @@ class AsyncServeLoop:
         closed, so new clients are refused at once.
         """
         started = time.monotonic()
-        released_before = self.limiter.released
-        self.core.is_draining = True
+        released_before = self.core.begin_draining()
+        log.info("draining %d request(s) for up to %.1f s", self.limiter.active, timeout)
         self._take_backlog_and_stop_listening()
         self._is_draining = True  # stop accepting, but let serve() run until we are done
         self._update_listener()
@@ -437,9 +446,11 @@ class AsyncServeLoop:
             await asyncio.wait(pending, timeout=ABORT_GRACE_SECONDS)
         setattr(server, STOP_FLAG, True)
         self._wake()
-        return DrainReport(
+        report = DrainReport(
             finished=finished, aborted=len(pending), seconds=time.monotonic() - started
         )
+        self._last_drain = report
+        return report
 
     def _take_backlog_and_stop_listening(self) -> None:
         server = self._server

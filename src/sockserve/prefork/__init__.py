@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from functools import partial
 from typing import Any, NoReturn
 
 # Modules, not names: only what ``__all__`` lists is public here.
-from .. import errors, servers
+from .. import errors, metrics, servers
 from . import master, worker
 from .master import WorkerBootError
 
@@ -114,6 +115,7 @@ class PreforkMixIn:
             if value is not None:
                 setattr(self, name, value)
         self._supervisor: master.Supervisor | None = None
+        self._last_master_stats: Any = None  # the last serve_forever's final stats()
         self._is_prefork_worker = False
         self._stop_pending = False
         self._listener_spec: tuple[Any, ...] | None = None
@@ -179,6 +181,7 @@ class PreforkMixIn:
             if not self._stop_pending:  # else shutdown() came first: return at once
                 supervisor.run()
         finally:
+            self._last_master_stats = supervisor.stats()
             self._supervisor = None
             self._stop_pending = False
             supervisor.finished.set()
@@ -196,6 +199,47 @@ class PreforkMixIn:
         supervisor.request("graceful_stop")
         if threading.get_ident() != supervisor.thread_id:
             supervisor.finished.wait()
+
+    def stats(self) -> Any:
+        """In the master: every worker's counters combined (see ``Supervisor.stats`` and
+        ``metrics.combine`` for each field's rule); in a worker, its own."""
+        if self._is_prefork_worker:
+            return super().stats()  # type: ignore[misc]
+        supervisor = self._supervisor
+        if supervisor is not None:
+            return supervisor.stats()
+        if self._last_master_stats is not None:
+            return self._last_master_stats
+        return super().stats()  # type: ignore[misc]
+
+    def drain(self, timeout: float) -> Any:
+        """In the master: stop listening, drain every worker within ``timeout``, return
+        their summed ``DrainReport``; in a worker (or with no workers), a plain drain.
+
+        Each worker drains with its own ``graceful_timeout``; the master kills the ones
+        still running ``timeout`` + ``worker.STOP_GRACE_SECONDS`` after the drain began,
+        and counts their last in-flight requests as aborted.
+        """
+        supervisor = self._supervisor
+        if self._is_prefork_worker or supervisor is None:
+            return super().drain(timeout)  # type: ignore[misc]
+        if timeout < 0:
+            raise errors.ConfigurationError(f"drain timeout must be >= 0, got {timeout!r}")
+        started = time.monotonic()
+        server: Any = self
+        server._core.is_draining = True
+        # The master's copy of the listening socket: closed now, so the port stops
+        # listening as soon as the workers have closed theirs.
+        self._listener().close()
+        supervisor.set_graceful_timeout(timeout)
+        self._stop_pending = True
+        supervisor.request("graceful_stop")
+        if threading.get_ident() != supervisor.thread_id:
+            supervisor.finished.wait()
+        finished, aborted = supervisor.drain_report()
+        return metrics.DrainReport(
+            finished=finished, aborted=aborted, seconds=time.monotonic() - started
+        )
 
     def worker_pids(self) -> list[int]:
         """The pids of the live worker processes (empty unless ``serve_forever`` runs)."""

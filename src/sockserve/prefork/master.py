@@ -32,11 +32,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from ..dispatch.forking import open_pidfd
 from ..errors import SockserveError
+from ..metrics import DrainReport, ServerStats, combine
 from .actions import SIGNAL_ACTIONS, ActionQueue
 from .backoff import RestartBackoff
 from .deadlines import WorkerDeadlines
@@ -110,12 +111,19 @@ class Supervisor:
             self._selector,
             stop_allowance=self._deadlines.stop_allowance,
             on_first_ready=on_ready,
+            on_stats=self._stats_arrived,
         )
         self._generation = 0
         self._stopping = ""
         self._boot_error = ""
         self.thread_id = threading.get_ident()
         self.finished = threading.Event()
+        # Counters of workers that have exited, so the master's stats() never go down;
+        # the lock makes stats() from another thread see each worker exactly once.
+        self._stats_lock = threading.Lock()
+        self._stats_changed = threading.Condition(self._stats_lock)
+        self._retired = ServerStats()
+        self._drained: list[DrainReport] = []
 
     # -- for other threads and signal handlers -------------------------------------------
 
@@ -125,6 +133,47 @@ class Supervisor:
 
     def worker_pids(self) -> list[int]:
         return sorted(list(self._workers))
+
+    def stats(self) -> ServerStats:
+        """The workers' counters combined (``metrics.combine``), retired ones included.
+
+        Each live worker counts as of its last report (``worker.STATS_INTERVAL_SECONDS``
+        old at most, plus a loop turn); ``workers_alive`` is the worker processes alive.
+        """
+        with self._stats_lock:
+            parts = [self._retired]
+            parts += [w.stats for w in self._workers.values() if w.stats is not None]
+            alive = len(self._workers)
+        return replace(combine(parts), workers_alive=alive)
+
+    def wait_for_stats(self, predicate: Callable[[ServerStats], bool], timeout: float) -> bool:
+        """Wait until ``predicate(self.stats())`` holds, at most ``timeout`` s (tests)."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.stats()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._stats_changed:
+                self._stats_changed.wait(remaining)
+        return True
+
+    def _stats_arrived(self) -> None:
+        with self._stats_changed:
+            self._stats_changed.notify_all()
+
+    def drain_report(self) -> tuple[int, int]:
+        """``(finished, aborted)`` summed over the workers that stopped so far: their own
+        drain reports, and for a worker killed before it could send one, its last
+        ``active`` count as aborted."""
+        with self._stats_lock:
+            return (
+                sum(r.finished for r in self._drained),
+                sum(r.aborted for r in self._drained),
+            )
+
+    def set_graceful_timeout(self, seconds: float) -> None:
+        """From another thread, before a graceful stop: the deadline the master enforces."""
+        self._deadlines.graceful_timeout = seconds
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -245,7 +294,8 @@ class Supervisor:
             generation=self._generation,
             last_seen=now,
         )
-        self._workers[pid] = worker
+        with self._stats_lock:
+            self._workers[pid] = worker
         self._status.watch(worker)
         log.debug("started worker %d", pid)
 
@@ -269,7 +319,16 @@ class Supervisor:
 
     def _forget(self, worker: WorkerProcess, exit_code: int) -> None:
         self._status.release(worker)
-        del self._workers[worker.pid]
+        with self._stats_lock:
+            del self._workers[worker.pid]
+            last = worker.stats
+            if last is not None:
+                gone = replace(last, active=0, queue_depth=0, workers_alive=0)
+                self._retired = combine([self._retired, gone])
+            if worker.drained is not None:
+                self._drained.append(worker.drained)
+            elif last is not None and last.active:
+                self._drained.append(DrainReport(finished=0, aborted=last.active, seconds=0))
         how = describe_exit(exit_code)
         if exit_code == EXIT_BOOT_FAILED and not worker.is_ready:
             reason = worker.boot_error or how

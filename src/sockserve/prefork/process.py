@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import NoReturn
 
-from .worker import BOOT_FAILED, EXIT_BOOT_FAILED, WorkerLink, close_descriptors
+from ..metrics import DrainReport, ServerStats
+from .worker import EXIT_BOOT_FAILED, LINE_KINDS, WorkerLink, close_descriptors
 
 #: Bytes read from a status pipe at once: heartbeats are one byte, so this is plenty.
 STATUS_READ_BYTES = 4096
@@ -38,6 +39,8 @@ class WorkerProcess:
     kill_reason: str = ""  #: why it got SIGKILL; "" if it did not
     boot_error: str = ""
     pending: bytearray = field(default_factory=bytearray)
+    stats: ServerStats | None = None  #: its last cumulative snapshot
+    drained: DrainReport | None = None  #: its drain's report, sent as it stopped
 
 
 def fork_worker(
@@ -82,7 +85,7 @@ def fork_worker(
 def read_status(channel: int, pending: bytearray) -> list[tuple[bytes, str]] | None:
     """The messages a worker has sent, as ``(kind, text)``; None at EOF (it exited).
 
-    ``pending`` keeps a boot-failure line that has not fully arrived.
+    ``pending`` keeps a line (a boot failure, a stats snapshot) not fully arrived yet.
     """
     try:
         data = os.read(channel, STATUS_READ_BYTES)
@@ -94,7 +97,7 @@ def read_status(channel: int, pending: bytearray) -> list[tuple[bytes, str]] | N
     messages: list[tuple[bytes, str]] = []
     while pending:
         kind = bytes(pending[:1])
-        if kind != BOOT_FAILED:
+        if kind not in LINE_KINDS:
             del pending[:1]
             messages.append((kind, ""))
             continue

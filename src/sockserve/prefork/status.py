@@ -12,16 +12,21 @@ too, and either wakes the loop to reap the worker.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import selectors
 import time
 from collections.abc import Callable
+from typing import Any, TypeVar
 
+from ..metrics import DrainReport, ServerStats
 from .process import WorkerProcess, read_status
-from .worker import BEAT, BOOT_FAILED, READY, RECYCLING, STOPPING
+from .worker import BEAT, BOOT_FAILED, DRAINED, READY, RECYCLING, STATS, STOPPING
 
 log = logging.getLogger("sockserve.prefork")
+
+T = TypeVar("T")
 
 
 class StatusChannels:
@@ -38,7 +43,9 @@ class StatusChannels:
         *,
         stop_allowance: float,
         on_first_ready: Callable[[], None],
+        on_stats: Callable[[], None] = lambda: None,
     ) -> None:
+        self._on_stats = on_stats
         self._selector = selector
         self._stop_allowance = stop_allowance
         self._on_first_ready = on_first_ready
@@ -64,6 +71,11 @@ class StatusChannels:
                 self._on_ready(worker)
             elif kind == BOOT_FAILED:
                 worker.boot_error = text
+            elif kind == STATS:
+                worker.stats = _parse(text, ServerStats.from_dict, worker.pid) or worker.stats
+                self._on_stats()
+            elif kind == DRAINED:
+                worker.drained = _parse(text, _drain_report, worker.pid)
             elif kind in (RECYCLING, STOPPING):
                 if worker.stop_reason:
                     continue  # the master asked it to stop: nothing new
@@ -100,3 +112,17 @@ class StatusChannels:
             worker.is_channel_open = False
             self._selector.unregister(worker.channel)
             os.close(worker.channel)
+
+
+def _drain_report(data: dict[str, Any]) -> DrainReport:
+    return DrainReport(finished=int(data["finished"]), aborted=int(data["aborted"]), seconds=0.0)
+
+
+def _parse(text: str, build: Callable[[dict[str, Any]], T], pid: int) -> T | None:
+    """A worker's JSON line as ``build`` makes it; None (logged) if it is garbled."""
+    try:
+        data = json.loads(text)
+        return build(data)
+    except (ValueError, TypeError, KeyError):
+        log.warning("worker %d sent an unreadable status line: %.80r", pid, text)
+        return None

@@ -14,6 +14,7 @@ master's code. Exit codes are the whole report: ``EXIT_BOOT_FAILED`` stops the m
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -37,12 +38,20 @@ EXIT_FAILED = 1
 #: WORKER_BOOT_ERROR is 3 for the same reason).
 EXIT_BOOT_FAILED = 3
 
-# The status pipe, worker → master: one byte per event; a boot failure adds one line.
+# The status pipe, worker → master: one byte per event; some kinds carry one line.
 READY = b"r"
 BEAT = b"."
 RECYCLING = b"q"  #: stopping after max_requests: start the replacement now
 STOPPING = b"s"  #: stopping for another reason of its own (a SIGTERM, a shutdown() call)
-BOOT_FAILED = b"!"
+BOOT_FAILED = b"!"  #: + the reason, one line
+STATS = b"S"  #: + the worker's cumulative ``stats()`` as one JSON line
+DRAINED = b"D"  #: + its ``DrainReport`` as one JSON line, once, as it stops
+#: Kinds followed by one line of text (newline-terminated).
+LINE_KINDS = frozenset({BOOT_FAILED, STATS, DRAINED})
+
+#: How often at most a worker reports its counters: the master's ``stats()`` is this
+#: old at worst (plus a loop turn). Cumulative snapshots, so a dropped one loses nothing.
+STATS_INTERVAL_SECONDS = 0.1
 
 #: Heartbeats per ``worker_timeout``: several, so one late loop turn is not fatal.
 BEATS_PER_TIMEOUT = 4
@@ -117,6 +126,8 @@ class Worker:
         self._signal_wakeup: int | None = None
         self._signal_watcher: Any = None  # the serve loop that watches _signal_wakeup
         self._alarm_pending = False
+        self._stats_sent: str | None = None
+        self._stats_sent_at = 0.0
 
     def run(
         self,
@@ -178,6 +189,7 @@ class Worker:
             run_pending_signal_handlers()
         if os.getppid() != self.link.master_pid:
             self.begin_stop("the master is gone")
+        self._report_stats()
         if self._alarm_pending:
             self._alarm_pending = False
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
@@ -189,6 +201,17 @@ class Worker:
         if now >= self._next_beat:
             self._next_beat = now + interval
             self._send(BEAT)
+
+    def _report_stats(self, *, now: bool = False) -> None:
+        """Send the counters if they changed (at most every STATS_INTERVAL_SECONDS)."""
+        moment = time.monotonic()
+        if not now and moment - self._stats_sent_at < STATS_INTERVAL_SECONDS:
+            return
+        text = json.dumps(self.server.stats().to_dict(), separators=(",", ":"))
+        if text == self._stats_sent:
+            return
+        self._stats_sent, self._stats_sent_at = text, moment
+        self._send(STATS + text.encode() + b"\n")
 
     def _loop_poll_interval(self, poll_interval: float | None) -> float | None:
         """The loop must turn at least once per heartbeat, even with no traffic."""
@@ -280,17 +303,18 @@ class Worker:
         self.server._request_stop(drain_timeout=self.link.stop_timeout)
 
     def _drain_and_close(self) -> None:
-        drain = getattr(self.server, "drain", None)
-        if drain is not None:
-            report = drain(self.link.stop_timeout)
-            if report.aborted:
-                log.warning(
-                    "worker %d aborted %d request(s) still running after %.1f s",
-                    self.pid,
-                    report.aborted,
-                    self.link.stop_timeout,
-                )
+        report = self.server.drain(self.link.stop_timeout)
+        if report.aborted:
+            log.warning(
+                "worker %d aborted %d request(s) still running after %.1f s",
+                self.pid,
+                report.aborted,
+                self.link.stop_timeout,
+            )
         self.server.server_close()
+        self._report_stats(now=True)
+        drained = {"finished": report.finished, "aborted": report.aborted}
+        self._send(DRAINED + json.dumps(drained).encode() + b"\n")
 
 
 def _ignore(signum: int, frame: object) -> None:

@@ -61,6 +61,8 @@ class ServingCore:
         self.peer_fault_log = EpisodeLog(log, "connections ended by the client")
         self.drops = EpisodeLog(log, "dropped datagrams", level=logging.WARNING)
         self._handed_over: dict[int, RequestJob] = {}
+        # Keyed by identity; the object itself is kept to tell a reused id apart.
+        self._details: dict[int, tuple[Any, dict[str, Any]]] = {}
         #: Called with each admitted request's ticket, on the loop's thread, before the
         #: request is dispatched (the pre-fork worker counts ``max_requests`` here, so
         #: it stops accepting the moment its budget is spent).
@@ -69,8 +71,11 @@ class ServingCore:
         self.on_request_done: list[Callable[[Ticket], None]] = []
         #: Set by the loop that serves: wake it (a slot freed while it waits for room).
         self.wake_loop: Callable[[], None] = lambda: None
-        #: Set by the loop that serves: the server is draining (handlers may look).
+        #: The server is draining (handlers may look: ``server.draining``).
         self.is_draining = False
+        #: ``limiter.released`` when a stop that will end in a drain began (a pre-fork
+        #: worker's SIGTERM): the drain counts what finished since then.
+        self.drain_mark: int | None = None
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -83,6 +88,13 @@ class ServingCore:
 
     def add_prelude(self, prelude: Prelude) -> None:
         self.preludes.append(prelude)
+
+    def begin_draining(self) -> int:
+        """Mark the drain's start (once); the ``limiter.released`` count it counts from."""
+        if self.drain_mark is None:
+            self.drain_mark = self.limiter.released
+        self.is_draining = True
+        return self.drain_mark
 
     # -- admission -------------------------------------------------------------------------
 
@@ -97,8 +109,18 @@ class ServingCore:
             return None
         return request, client_address
 
-    def admit_client(self, server: Any, request: Any, client_address: Any) -> RequestJob | None:
-        """Client checks, then capacity: the request's job, or None if refused (closed)."""
+    def admit_client(
+        self,
+        server: Any,
+        request: Any,
+        client_address: Any,
+        details: dict[str, Any] | None = None,
+    ) -> RequestJob | None:
+        """Client checks, then capacity: the request's job, or None if refused (closed).
+
+        ``details`` (what the preludes learnt: ``"proxy"``, ``"tls"``) stay readable by
+        the handler through ``detail_of(request, key)`` until the request finishes.
+        """
         holding: list[Any] = []
         try:
             for check in self.client_checks:
@@ -121,7 +143,29 @@ class ServingCore:
             ticket.releases = tuple(holding)
         for hook in self.on_request_admitted:
             hook(ticket)
-        return RequestJob(server, request, client_address, ticket, self)
+        job = RequestJob(server, request, client_address, ticket, self)
+        if details:
+            job.details = details
+            self.register_details(request, details)
+        return job
+
+    # -- what the preludes learnt, for the handler ------------------------------------------
+
+    def register_details(self, request: Any, details: dict[str, Any]) -> None:
+        """Make ``details`` readable under ``request`` (the object the handler gets)."""
+        self._details[id(request)] = (request, details)
+
+    def forget_details(self, request: Any) -> None:
+        entry = self._details.get(id(request))
+        if entry is not None and entry[0] is request:
+            del self._details[id(request)]
+
+    def detail_of(self, request: Any, key: str) -> Any:
+        """What a prelude recorded as ``key`` for ``request``; None if nothing."""
+        entry = self._details.get(id(request))
+        if entry is None or entry[0] is not request:
+            return None
+        return entry[1].get(key)
 
     def refuse(
         self,
@@ -190,6 +234,8 @@ class ServingCore:
                 self.peer_faults[outcome] += 1
 
     def _released(self, ticket: Ticket) -> None:
+        if self._details:
+            self.forget_details(ticket.request)
         for check in ticket.releases:
             try:
                 check.release(ticket.client_address)

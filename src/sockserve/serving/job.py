@@ -37,7 +37,15 @@ class OutcomeCounter(Protocol):
 class RequestJob:
     """One admitted request and what is left to do for it."""
 
-    __slots__ = ("server", "request", "client_address", "ticket", "_core", "_is_closed")
+    __slots__ = (
+        "server",
+        "request",
+        "client_address",
+        "ticket",
+        "details",
+        "_core",
+        "_is_closed",
+    )
 
     def __init__(
         self,
@@ -51,6 +59,8 @@ class RequestJob:
         self.request = request
         self.client_address = client_address
         self.ticket = ticket
+        #: What the preludes learnt about the connection (``"proxy"``, ``"tls"``).
+        self.details: dict[str, Any] | None = None
         self._core = core
         self._is_closed = False
 

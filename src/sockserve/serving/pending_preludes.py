@@ -26,11 +26,12 @@ from ..admission.preludes import WANT_READ, Prelude, PreludeDone, PreludeRun, ti
 class _Pending:
     """One connection between its first and its last prelude."""
 
-    __slots__ = ("request", "client_address", "index", "run", "deadline", "events")
+    __slots__ = ("request", "client_address", "details", "index", "run", "deadline", "events")
 
     def __init__(self, request: Any, client_address: Any) -> None:
         self.request = request
         self.client_address = client_address
+        self.details: dict[str, Any] = {}
         self.index = 0
         self.run: PreludeRun | None = None
         self.deadline = 0.0
@@ -45,7 +46,7 @@ class PendingPreludes:
         selector: selectors.BaseSelector,
         preludes: Sequence[Prelude],
         *,
-        on_done: Callable[[Any, Any], None],
+        on_done: Callable[[Any, Any, dict[str, Any]], None],
         on_refused: Callable[[Any, Any, Refused], None],
     ) -> None:
         self._selector = selector
@@ -106,12 +107,13 @@ class PendingPreludes:
                 if not isinstance(step, PreludeDone):
                     break
                 pending.request, pending.client_address = step.request, step.client_address
+                pending.details.update(step.details)
                 pending.run = None
                 pending.index += 1
                 self._forget(fd)  # the next prelude may hand on another socket object
                 if pending.index == len(self._preludes):
                     pending.request.setblocking(True)
-                    self._on_done(pending.request, pending.client_address)
+                    self._on_done(pending.request, pending.client_address, pending.details)
                     return
                 fd = pending.request.fileno()
         except Refused as why:

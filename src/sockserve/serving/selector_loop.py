@@ -113,7 +113,9 @@ class ServeLoop(LoopThreads):
                 preludes = PendingPreludes(
                     selector,
                     self.core.preludes,
-                    on_done=lambda request, address: self._dispatch(server, request, address),
+                    on_done=lambda request, address, details: self._dispatch(
+                        server, request, address, details
+                    ),
                     on_refused=lambda request, address, why: self._refuse(
                         server, request, address, why
                     ),
@@ -263,26 +265,31 @@ class ServeLoop(LoopThreads):
         if admitted is None:
             return True
         request, client_address = admitted
+        details: dict[str, Any] = {}
         if core.preludes:
             preludes = self._preludes_of.get(threading.get_ident())
             if preludes is not None:
                 preludes.start(request, client_address)
                 return True
             try:  # handle_request(), or a thread outside the loops: one connection
-                request, client_address = drive_blocking(core.preludes, request, client_address)
+                request, client_address, details = drive_blocking(
+                    core.preludes, request, client_address
+                )
                 request.setblocking(True)
             except Refused as why:
                 self._refuse(server, request, client_address, why)
                 return True
-        self._dispatch(server, request, client_address)
+        self._dispatch(server, request, client_address, details)
         return True
 
     def _refuse(self, server: Server, request: Any, client_address: Any, why: Refused) -> None:
         self.core.refuse(server, request, client_address, why.reason, str(why))
 
-    def _dispatch(self, server: Server, request: Any, client_address: Any) -> None:
+    def _dispatch(
+        self, server: Server, request: Any, client_address: Any, details: dict[str, Any]
+    ) -> None:
         """Client checks, capacity, ``verify_request``, then ``process_request``."""
-        job = self.core.admit_client(server, request, client_address)
+        job = self.core.admit_client(server, request, client_address, details)
         if job is None:
             return
         self.core.hand_over(job)
@@ -313,8 +320,8 @@ class ServeLoop(LoopThreads):
         started = time.monotonic()
         deadline = started + timeout
         core = self.core
-        released_before = core.limiter.released
-        core.is_draining = True
+        released_before = core.begin_draining()
+        log.info("draining %d request(s) for up to %.1f s", core.limiter.active, timeout)
         self.ask_to_stop(server)  # ask, never wait for it: a loop may be mid-request
         if self.is_running:
             getattr(server, STOPPED_EVENT).wait(max(0.0, deadline - time.monotonic()))

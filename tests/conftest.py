@@ -1,0 +1,27 @@
+"""Fixtures shared by the contract suite and the suites built on its harness."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from test_contract import Harness, Kind
+from unix_paths import short_directory
+
+
+@pytest.fixture
+def short_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A directory for Unix sockets whose paths stay well under the AF_UNIX limit."""
+    with short_directory(tmp_path_factory.mktemp("u")) as directory:
+        yield directory
+
+
+@pytest.fixture
+def harness(kind: Kind, short_dir: Path, tmp_path: Path) -> Iterator[Harness]:
+    harness = Harness(kind, short_dir, tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.close()
