@@ -35,6 +35,7 @@ from sockserve.addresses import format_address
 from sockserve.aio import (
     AsyncBaseRequestHandler,
     AsyncDatagramRequestHandler,
+    AsyncLineTooLongError,
     AsyncStreamRequestHandler,
     AsyncTCPServer,
     AsyncUDPServer,
@@ -599,10 +600,13 @@ def test_line_longer_than_max_line_length(
 
 
 def test_line_too_long_error_matches_asyncio_exceptions() -> None:
-    error = LineTooLongError("too long", 10)
+    # What the async reader raises (AsyncLineTooLongError) is caught as either
+    error = AsyncLineTooLongError("too long", 10)
+    assert isinstance(error, LineTooLongError)
     assert isinstance(error, ValueError)
     assert isinstance(error, asyncio.LimitOverrunError)
     assert error.consumed == 10
+    assert str(error) == "too long"
 
 
 @pytest.mark.parametrize("harness", STREAM_KINDS, indirect=True)
@@ -1157,8 +1161,13 @@ def test_stream_errors_live_in_sockserve_errors_and_keep_their_bases() -> None:
         assert getattr(sockserve.aio.streams, name) is cls
         assert getattr(sockserve, name) is cls
         assert issubclass(cls, sockserve.errors.SockserveError)
-    assert issubclass(LineTooLongError, asyncio.LimitOverrunError)
     assert issubclass(LineTooLongError, ValueError)
+    # the synchronous handlers raise LineTooLongError without asyncio (errors.py says why)
+    assert not issubclass(LineTooLongError, asyncio.LimitOverrunError)
+    assert issubclass(AsyncLineTooLongError, LineTooLongError)
+    assert issubclass(AsyncLineTooLongError, asyncio.LimitOverrunError)
+    assert AsyncLineTooLongError.__module__ == "sockserve.errors"
+    assert sockserve.aio.AsyncLineTooLongError is AsyncLineTooLongError
     assert issubclass(ReadTimeoutError, TimeoutError)
 
 
@@ -1169,6 +1178,8 @@ def test_importing_sockserve_errors_does_not_import_asyncio() -> None:
         "sockserve.errors.ReadTimeoutError\n"
         "assert 'asyncio' not in sys.modules, 'asyncio imported'\n"
         "sockserve.errors.LineTooLongError\n"
+        "assert 'asyncio' not in sys.modules, 'asyncio imported'\n"
+        "sockserve.errors.AsyncLineTooLongError\n"
         "assert 'asyncio' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

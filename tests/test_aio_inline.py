@@ -327,7 +327,7 @@ def test_errors_reach_a_parked_read(event_loop: str) -> None:
         await _from_callback(lambda: reader.data_received(b"x" * 100 + b"\n"))  # limit 64
         await _from_callback(lambda: reader.data_received(b"fine\n"))
         await asyncio.wait_for(task, CLIENT_TIMEOUT)
-        assert outcomes == ["ReadTimeoutError", "LineTooLongError", b"fine\n"]
+        assert outcomes == ["ReadTimeoutError", "AsyncLineTooLongError", b"fine\n"]
 
     _run(main(), event_loop)
 

@@ -492,6 +492,7 @@ def test_every_error_class_derives_from_sockserve_error() -> None:
         (BindError, (SockserveError, OSError)),
         (AddressInUseError, (BindError, OSError)),
         (UnixSocketPathExistsError, (AddressInUseError, OSError)),
+        (sockserve.errors.LineTooLongError, (SockserveError, ValueError)),
     ],
     ids=lambda value: value.__name__ if isinstance(value, type) else "",
 )

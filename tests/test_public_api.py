@@ -504,7 +504,7 @@ def test_active_children_before_and_after_a_fork() -> None:
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "addresses", "metrics"),
     ("listeners", "sockets"),
-    ("connection", "limits", "admission"),
+    ("connection", "limits", "admission", "line_buffer"),
     ("dispatch", "dispatch.*"),
     ("handlers", "handler_errors"),
     ("serve_loop", "loop_threads"),

@@ -21,6 +21,7 @@ from .errors import (
     ConfigurationError,
     HandlerClassError,
     HostResolutionError,
+    LineTooLongError,
     PortOutOfRangeError,
     SockserveError,
     UnixSocketPathExistsError,
@@ -40,9 +41,9 @@ if TYPE_CHECKING:  # the async names, for type checkers; at run time see __getat
         AsyncUDPServer,
         AsyncUnixDatagramServer,
         AsyncUnixStreamServer,
-        LineTooLongError,
         ReadTimeoutError,
     )
+    from .errors import AsyncLineTooLongError
 
 __version__ = "0.1.0"
 
@@ -67,6 +68,7 @@ __all__ = [
     "AsyncStreamRequestHandler",
     "AsyncDatagramRequestHandler",
     "LineTooLongError",
+    "AsyncLineTooLongError",
     "ReadTimeoutError",
     "ServerStats",
     "DrainReport",
@@ -109,7 +111,7 @@ _ASYNC_NAMES = frozenset(
         "AsyncBaseRequestHandler",
         "AsyncStreamRequestHandler",
         "AsyncDatagramRequestHandler",
-        "LineTooLongError",
+        "AsyncLineTooLongError",
         "ReadTimeoutError",
     }
 )

@@ -49,9 +49,10 @@ import types
 from collections.abc import Awaitable, Generator
 from typing import Any, Protocol, cast
 
-from ..errors import LineTooLongError, ReadTimeoutError
+from ..errors import AsyncLineTooLongError, LineTooLongError, ReadTimeoutError
 
 __all__ = [
+    "AsyncLineTooLongError",
     "DEFAULT_LINE_LIMIT",
     "RECEIVE_CHUNK_BYTES",
     "WRITE_HIGH_WATER_BYTES",
@@ -586,7 +587,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             self._transport.resume_reading()
 
     def _too_long(self, size: int) -> LineTooLongError:
-        return LineTooLongError(
+        return AsyncLineTooLongError(
             f"line of more than {self.limit} bytes (max_line_length); {size} bytes seen", size
         )
 
