@@ -1135,7 +1135,7 @@ def test_idle_timeout_counts_from_the_start_of_each_wait(event_loop: str) -> Non
 def test_drain_does_not_suspend_unless_paused(event_loop: str) -> None:
     async def main() -> None:
         reader = _reader_on_fake()
-        writer = StreamWriter(reader._transport, reader)
+        writer = StreamWriter(reader.flow.transport, reader)
         assert writer.drain() is writer.drain()  # one done future, no coroutine per call
         await writer.drain()
         reader.pause_writing()

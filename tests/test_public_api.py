@@ -523,7 +523,15 @@ LAYERS: list[tuple[str, ...]] = [
     ("prefork",),
     # The async mode is a second facade over the same listener and admission stages,
     # layered like the synchronous path inside.
-    ("aio.loop", "aio.watchdog", "aio.streams", "aio.writer", "aio.inline", "aio.datagrams"),
+    (
+        "aio.loop",
+        "aio.watchdog",
+        "aio.flow",
+        "aio.streams",
+        "aio.writer",
+        "aio.inline",
+        "aio.datagrams",
+    ),
     ("aio._fastpath",),  # compiled (optional): it imports nothing of the package
     ("aio.handlers", "aio.fastpath"),
     ("aio.connections",),

@@ -30,6 +30,8 @@ class LineBuffer:
 
     ``max_line_length``: the longest line ``next_line`` and ``read_until`` accept, newline
     (separator) excluded; None: no limit, as a file object's ``readline()``.
+    ``error``: the class raised past it, ``LineTooLongError`` or a subclass (the async
+    reader's is also asyncio's ``LimitOverrunError``).
 
     Methods for the producer: ``feed(data)``, ``feed_eof()``. Methods for the consumer:
     ``next_line``, ``read``, ``read_exactly``, ``read_until``, ``take``, ``unread``.
@@ -42,11 +44,17 @@ class LineBuffer:
     it only by appending (what ``feed`` does), or the incremental scan goes wrong.
     """
 
-    __slots__ = ("data", "max_line_length", "eof", "_separator", "_scanned")
+    __slots__ = ("data", "max_line_length", "eof", "_error", "_separator", "_scanned")
 
-    def __init__(self, max_line_length: int | None = None) -> None:
+    def __init__(
+        self,
+        max_line_length: int | None = None,
+        *,
+        error: type[LineTooLongError] = LineTooLongError,
+    ) -> None:
         self.data = bytearray()
         self.max_line_length = max_line_length
+        self._error = error
         #: Set by ``feed_eof``: nothing more will be fed.
         self.eof = False
         #: ``data[:_scanned]`` holds no ``_separator`` (the last one searched for).
@@ -153,7 +161,7 @@ class LineBuffer:
         self._scanned = 0
 
     def _too_long(self, size: int) -> LineTooLongError:
-        return LineTooLongError(
+        return self._error(
             f"line of more than {self.max_line_length} bytes (max_line_length); {size} bytes seen",
             size,
         )

@@ -157,14 +157,14 @@ async def close_stream(
     socket is closed when this returns.
     """
     transport = writer.transport
-    closed = reader._closed_future()
+    closed = reader.flow.closed()
     try:
         if not transport.is_closing():
             if transport.can_write_eof():
                 # FIN first (after the buffered replies), as the synchronous servers'
                 # shutdown(SHUT_WR) does: the client reads a clean end of stream.
                 transport.write_eof()
-            if flush_seconds > 0 and not reader._eof:
+            if flush_seconds > 0 and not reader.is_eof_received:
                 # The server closes first: let the transport read what the client has
                 # already sent, since closing with unread bytes resets the connection (a
                 # Unix socket client then sees ECONNRESET, not the end of stream). Two

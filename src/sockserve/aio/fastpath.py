@@ -15,6 +15,8 @@ from __future__ import annotations
 import collections.abc
 import os
 
+from ..line_buffer import LineBuffer
+from .flow import FlowControl
 from .inline import _HANDOFF, _RAISED, _RESUME, _RETURNED, INLINE_RESUMPTION, InlineDriver
 from .streams import _LINE, _SOME, StreamReader
 from .writer import StreamWriter
@@ -36,6 +38,8 @@ def _install() -> bool:
         StreamReader,
         InlineDriver,
         StreamWriter,
+        LineBuffer,
+        FlowControl,
         _enter_task,
         _leave_task,
         _HANDOFF,
