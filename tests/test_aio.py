@@ -44,8 +44,8 @@ from sockserve.aio import (
     LineTooLongError,
     ReadTimeoutError,
     StreamReader,
-    StreamWriter,
 )
+from sockserve.aio.fastpath import IMPLEMENTATION
 from sockserve.aio.loop import loop_name
 from sockserve.aio.streams import WRITE_HIGH_WATER_BYTES, receive_buffer
 from sockserve.errors import AddressInUseError, ConfigurationError, UnixSocketPathExistsError
@@ -936,7 +936,7 @@ class _FakeTransport(asyncio.Transport):
 def _reader_fed(chunks: list[bytes], *, limit: int = 64) -> tuple[StreamReader, Any]:
     loop = asyncio.get_running_loop()
     view = receive_buffer()
-    reader = StreamReader(loop, view, limit=limit)
+    reader = IMPLEMENTATION.reader_class(loop, view, limit=limit)
     transport = _FakeTransport()
     reader.connection_made(transport)
 
@@ -1022,7 +1022,7 @@ def test_base_handler_is_awaitable_and_orders_its_steps() -> None:
 
 
 def _reader_on_fake(*, limit: int = 64, timeout: float | None = None) -> StreamReader:
-    reader = StreamReader(asyncio.get_running_loop(), receive_buffer(), limit=limit)
+    reader = IMPLEMENTATION.reader_class(asyncio.get_running_loop(), receive_buffer(), limit=limit)
     reader.timeout = timeout
     reader.connection_made(_FakeTransport())
     return reader
@@ -1135,7 +1135,7 @@ def test_idle_timeout_counts_from_the_start_of_each_wait(event_loop: str) -> Non
 def test_drain_does_not_suspend_unless_paused(event_loop: str) -> None:
     async def main() -> None:
         reader = _reader_on_fake()
-        writer = StreamWriter(reader.flow.transport, reader)
+        writer = IMPLEMENTATION.writer_class(reader.flow.transport, reader)
         assert writer.drain() is writer.drain()  # one done future, no coroutine per call
         await writer.drain()
         reader.pause_writing()

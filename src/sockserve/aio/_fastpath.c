@@ -6,7 +6,8 @@
  * what the read wants, the transport is neither paused nor closing. Every other case
  * calls the Python methods (streams.py, inline.py, writer.py; kept under *_slowly
  * names), which stay the reference: this file repeats their steps in the same order and
- * must change with them. fastpath.py installs it.
+ * must change with them. fastpath.py puts these methods in subclasses of those classes
+ * (never into the classes themselves) and selects them, once.
  *
  * Why: in Python these were two thirds of the interpreter's work per message (about 170
  * bytecodes, two generator frames, and a bytes.find() whose argument parsing alone costs
@@ -309,7 +310,7 @@ data_received(PyObject *self, PyObject *data)
                 return NULL;
             }
             Py_INCREF(driver);
-            PyObject *result = Py_IS_TYPE(driver, state.driver_type)
+            PyObject *result = PyObject_TypeCheck(driver, state.driver_type)
                                    ? resume_parked(driver)
                                    : PyObject_CallMethodNoArgs(driver, state.str_resume_parked);
             Py_DECREF(driver);

@@ -28,11 +28,18 @@ from typing import Any
 from ..addresses import format_address
 from ..errors import LineTooLongError, ReadTimeoutError
 from ..handler_errors import call_handle_error
-from . import fastpath  # noqa: F401  (installs the compiled per-message path, if built)
+from .fastpath import IMPLEMENTATION
 from .handlers import AsyncBaseRequestHandler
-from .inline import INLINE_RESUMPTION, InlineDriver, await_handler
+from .inline import INLINE_RESUMPTION, await_handler
 from .streams import StreamReader
 from .writer import StreamWriter
+
+#: The classes connections are built from: compiled or pure Python (``fastpath.py``).
+_Reader, _Writer, _Driver = (
+    IMPLEMENTATION.reader_class,
+    IMPLEMENTATION.writer_class,
+    IMPLEMENTATION.driver_class,
+)
 
 log = logging.getLogger("sockserve.aio.connections")
 
@@ -75,7 +82,7 @@ async def serve_stream(
     if not is_verified:
         server.shutdown_request(sock)
         return
-    reader = StreamReader(loop, receive_view)
+    reader = _Reader(loop, receive_view)
     try:
         transport, _ = await loop.connect_accepted_socket(lambda: reader, sock)
     except OSError as exc:
@@ -85,7 +92,7 @@ async def serve_stream(
     except BaseException:
         sock.close()
         raise
-    writer = StreamWriter(transport, reader)
+    writer = _Writer(transport, reader)
     request = (reader, writer)
     flush_seconds = 0.0  # unless the handler ends normally: cancelled, interrupted
     try:
@@ -97,11 +104,11 @@ async def serve_stream(
             # driver resumes per message is handle() itself: two frames fewer each time.
             await work.setup()
             try:
-                await InlineDriver(work.handle(), reader, context)
+                await _Driver(work.handle(), reader, context)
             finally:
                 await work.finish()
         else:
-            await InlineDriver(await_handler(work), reader, context)
+            await _Driver(await_handler(work), reader, context)
         flush_seconds = CLOSE_FLUSH_SECONDS
     except Exception as exc:
         flush_seconds = CLOSE_FLUSH_SECONDS
