@@ -25,8 +25,8 @@ import time
 
 import uvloop
 
-from sockserve.aio import AsyncStreamRequestHandler, StreamReader, StreamWriter
-from sockserve.aio.inline import InlineDriver
+from sockserve.aio import AsyncStreamRequestHandler
+from sockserve.aio.fastpath import IMPLEMENTATION
 from sockserve.aio.streams import receive_buffer
 
 MESSAGE = b"x" * 63 + b"\n"
@@ -53,15 +53,17 @@ async def per_message_seconds(handler_class: type[AsyncStreamRequestHandler], co
     loop = asyncio.get_running_loop()
     ours, far = socket.socketpair()
     far.setblocking(False)
-    reader = StreamReader(loop, receive_buffer())
+    reader = IMPLEMENTATION.reader_class(loop, receive_buffer())
     transport, _ = await loop.connect_accepted_socket(lambda: reader, ours)
     transport.pause_reading()  # data_received is fed by hand below
-    handler = handler_class((reader, StreamWriter(transport, reader)), None, None)
+    handler = handler_class((reader, IMPLEMENTATION.writer_class(transport, reader)), None, None)
     context = contextvars.copy_context()
 
     async def connection() -> None:
         await handler.setup()
-        await InlineDriver(handler.handle(), reader, context)  # as connections.py does
+        await IMPLEMENTATION.driver_class(
+            handler.handle(), reader, context
+        )  # as connections.py does
 
     task = loop.create_task(connection(), context=context)
     for _ in range(3):

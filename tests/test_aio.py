@@ -35,6 +35,7 @@ from sockserve.addresses import format_address
 from sockserve.aio import (
     AsyncBaseRequestHandler,
     AsyncDatagramRequestHandler,
+    AsyncLineTooLongError,
     AsyncStreamRequestHandler,
     AsyncTCPServer,
     AsyncUDPServer,
@@ -43,8 +44,8 @@ from sockserve.aio import (
     LineTooLongError,
     ReadTimeoutError,
     StreamReader,
-    StreamWriter,
 )
+from sockserve.aio.fastpath import IMPLEMENTATION
 from sockserve.aio.loop import loop_name
 from sockserve.aio.streams import WRITE_HIGH_WATER_BYTES, receive_buffer
 from sockserve.errors import AddressInUseError, ConfigurationError, UnixSocketPathExistsError
@@ -608,10 +609,13 @@ def test_line_longer_than_max_line_length(
 
 
 def test_line_too_long_error_matches_asyncio_exceptions() -> None:
-    error = LineTooLongError("too long", 10)
+    # What the async reader raises (AsyncLineTooLongError) is caught as either
+    error = AsyncLineTooLongError("too long", 10)
+    assert isinstance(error, LineTooLongError)
     assert isinstance(error, ValueError)
     assert isinstance(error, asyncio.LimitOverrunError)
     assert error.consumed == 10
+    assert str(error) == "too long"
 
 
 @pytest.mark.parametrize("harness", STREAM_KINDS, indirect=True)
@@ -943,7 +947,7 @@ class _FakeTransport(asyncio.Transport):
 def _reader_fed(chunks: list[bytes], *, limit: int = 64) -> tuple[StreamReader, Any]:
     loop = asyncio.get_running_loop()
     view = receive_buffer()
-    reader = StreamReader(loop, view, limit=limit)
+    reader = IMPLEMENTATION.reader_class(loop, view, limit=limit)
     transport = _FakeTransport()
     reader.connection_made(transport)
 
@@ -1029,7 +1033,7 @@ def test_base_handler_is_awaitable_and_orders_its_steps() -> None:
 
 
 def _reader_on_fake(*, limit: int = 64, timeout: float | None = None) -> StreamReader:
-    reader = StreamReader(asyncio.get_running_loop(), receive_buffer(), limit=limit)
+    reader = IMPLEMENTATION.reader_class(asyncio.get_running_loop(), receive_buffer(), limit=limit)
     reader.timeout = timeout
     reader.connection_made(_FakeTransport())
     return reader
@@ -1142,7 +1146,7 @@ def test_idle_timeout_counts_from_the_start_of_each_wait(event_loop: str) -> Non
 def test_drain_does_not_suspend_unless_paused(event_loop: str) -> None:
     async def main() -> None:
         reader = _reader_on_fake()
-        writer = StreamWriter(reader._transport, reader)
+        writer = IMPLEMENTATION.writer_class(reader.flow.transport, reader)
         assert writer.drain() is writer.drain()  # one done future, no coroutine per call
         await writer.drain()
         reader.pause_writing()
@@ -1168,8 +1172,13 @@ def test_stream_errors_live_in_sockserve_errors_and_keep_their_bases() -> None:
         assert getattr(sockserve.aio.streams, name) is cls
         assert getattr(sockserve, name) is cls
         assert issubclass(cls, sockserve.errors.SockserveError)
-    assert issubclass(LineTooLongError, asyncio.LimitOverrunError)
     assert issubclass(LineTooLongError, ValueError)
+    # the synchronous handlers raise LineTooLongError without asyncio (errors.py says why)
+    assert not issubclass(LineTooLongError, asyncio.LimitOverrunError)
+    assert issubclass(AsyncLineTooLongError, LineTooLongError)
+    assert issubclass(AsyncLineTooLongError, asyncio.LimitOverrunError)
+    assert AsyncLineTooLongError.__module__ == "sockserve.errors"
+    assert sockserve.aio.AsyncLineTooLongError is AsyncLineTooLongError
     assert issubclass(ReadTimeoutError, TimeoutError)
 
 
@@ -1180,6 +1189,8 @@ def test_importing_sockserve_errors_does_not_import_asyncio() -> None:
         "sockserve.errors.ReadTimeoutError\n"
         "assert 'asyncio' not in sys.modules, 'asyncio imported'\n"
         "sockserve.errors.LineTooLongError\n"
+        "assert 'asyncio' not in sys.modules, 'asyncio imported'\n"
+        "sockserve.errors.AsyncLineTooLongError\n"
         "assert 'asyncio' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sockserve.aio import StreamReader, fastpath
+from sockserve.aio.fastpath import IMPLEMENTATION
 from sockserve.aio.inline import INLINE_RESUMPTION
 from sockserve.aio.streams import receive_buffer
 from test_aio import LOOPS, _FakeTransport, _run
@@ -41,7 +42,7 @@ def test_the_compiled_path_is_in_use_exactly_when_built_and_wanted() -> None:
 @pytest.mark.parametrize("event_loop", LOOPS)
 def test_reads_are_coroutines_to_asyncio(event_loop: str) -> None:
     async def main() -> None:
-        reader = StreamReader(asyncio.get_running_loop(), receive_buffer())
+        reader = IMPLEMENTATION.reader_class(asyncio.get_running_loop(), receive_buffer())
         reader.connection_made(_FakeTransport())
         unawaited = reader.readline()
         assert asyncio.iscoroutine(unawaited)
@@ -64,7 +65,7 @@ def test_reads_are_coroutines_to_asyncio(event_loop: str) -> None:
 
 
 def _reader_of(loop: asyncio.AbstractEventLoop) -> StreamReader:
-    reader = StreamReader(loop, receive_buffer())
+    reader = IMPLEMENTATION.reader_class(loop, receive_buffer())
     reader.connection_made(_FakeTransport())
     return reader
 

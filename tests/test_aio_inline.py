@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from sockserve.aio import AsyncStreamRequestHandler, AsyncTCPServer, StreamReader
-from sockserve.aio.inline import INLINE_RESUMPTION, InlineDriver
+from sockserve.aio.fastpath import IMPLEMENTATION
+from sockserve.aio.inline import INLINE_RESUMPTION
 from sockserve.aio.streams import receive_buffer
 from sockserve.testing import serve_in_thread
 from test_aio import LOOPS, _FakeTransport, _run
@@ -37,12 +38,12 @@ Handler = Callable[[StreamReader], Coroutine[Any, Any, Any]]
 async def _start(handler: Handler, limit: int = 64) -> tuple[StreamReader, asyncio.Task[Any]]:
     """Run ``handler(reader)`` through an InlineDriver in a task, as the server does."""
     loop = asyncio.get_running_loop()
-    reader = StreamReader(loop, receive_buffer(), limit=limit)
+    reader = IMPLEMENTATION.reader_class(loop, receive_buffer(), limit=limit)
     reader.connection_made(_FakeTransport())
     context = contextvars.copy_context()
 
     async def connection() -> Any:
-        return await InlineDriver(handler(reader), reader, context)
+        return await IMPLEMENTATION.driver_class(handler(reader), reader, context)
 
     task = loop.create_task(connection(), context=context)
     for _ in range(3):  # the task starts the handler, which parks in its first read
@@ -327,7 +328,7 @@ def test_errors_reach_a_parked_read(event_loop: str) -> None:
         await _from_callback(lambda: reader.data_received(b"x" * 100 + b"\n"))  # limit 64
         await _from_callback(lambda: reader.data_received(b"fine\n"))
         await asyncio.wait_for(task, CLIENT_TIMEOUT)
-        assert outcomes == ["ReadTimeoutError", "LineTooLongError", b"fine\n"]
+        assert outcomes == ["ReadTimeoutError", "AsyncLineTooLongError", b"fine\n"]
 
     _run(main(), event_loop)
 

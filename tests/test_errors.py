@@ -507,6 +507,7 @@ def test_every_error_class_derives_from_sockserve_error() -> None:
         (UnixSocketPathExistsError, (AddressInUseError, OSError)),
         (PeerProtocolError, (SockserveError, ValueError)),
         (ProxyHeaderError, (PeerProtocolError, ValueError)),
+        (sockserve.errors.LineTooLongError, (SockserveError, ValueError)),
     ],
     ids=lambda value: value.__name__ if isinstance(value, type) else "",
 )

@@ -505,7 +505,14 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors", "addresses", "metrics", "episodes"),
     ("listeners", "sockets", "systemd"),
     # Who the peer really is and what its first bytes say: pure decisions and parsers.
-    ("access", "client_limits", "proxy_protocol", "proxy_protocol.*", "tls"),
+    (
+        "access",
+        "client_limits",
+        "line_buffer",
+        "proxy_protocol",
+        "proxy_protocol.*",
+        "tls",
+    ),
     ("admission", "admission.*"),
     ("dispatch", "dispatch.*"),
     ("handlers", "handler_errors"),
@@ -532,6 +539,7 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "aio.loop",
         "aio.watchdog",
+        "aio.flow",
         "aio.streams",
         "aio.writer",
         "aio.inline",

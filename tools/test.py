@@ -28,7 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SUPPORTED = ("3.11", "3.12", "3.13")
 VENVS = ROOT / ".venvs"
 #: The tests run a second time with the compiled fast path off.
-PURE_PYTHON_TESTS = ["tests/test_aio.py", "tests/test_aio_inline.py", "tests/test_aio_fastpath.py"]
+PURE_PYTHON_TESTS = [
+    "tests/test_aio.py",
+    "tests/test_aio_inline.py",
+    "tests/test_aio_fastpath.py",
+    "tests/test_aio_both_paths.py",
+]
 #: What a venv is rebuilt for when it changes (the C file: its extension is built there).
 INSTALL_INPUTS = ("pyproject.toml", "setup.py", "src/sockserve/aio/_fastpath.c")
 COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")

@@ -21,6 +21,7 @@ from .errors import (
     ConfigurationError,
     HandlerClassError,
     HostResolutionError,
+    LineTooLongError,
     PeerProtocolError,
     PortOutOfRangeError,
     ProxyHeaderError,
@@ -46,9 +47,9 @@ if TYPE_CHECKING:  # the async names, for type checkers; at run time see __getat
         AsyncUDPServer,
         AsyncUnixDatagramServer,
         AsyncUnixStreamServer,
-        LineTooLongError,
         ReadTimeoutError,
     )
+    from .errors import AsyncLineTooLongError
 
 __version__ = "0.1.0"
 
@@ -73,6 +74,7 @@ __all__ = [
     "AsyncStreamRequestHandler",
     "AsyncDatagramRequestHandler",
     "LineTooLongError",
+    "AsyncLineTooLongError",
     "ReadTimeoutError",
     "ServerStats",
     "DrainReport",
@@ -121,7 +123,7 @@ _ASYNC_NAMES = frozenset(
         "AsyncBaseRequestHandler",
         "AsyncStreamRequestHandler",
         "AsyncDatagramRequestHandler",
-        "LineTooLongError",
+        "AsyncLineTooLongError",
         "ReadTimeoutError",
     }
 )

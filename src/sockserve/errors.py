@@ -15,8 +15,9 @@
     ├── BindError                   (also OSError, errno kept)  the kernel refused bind/listen
     │   └── AddressInUseError       EADDRINUSE: another socket holds the address
     │       └── UnixSocketPathExistsError                 a file already sits at the path
-    ├── LineTooLongError            (also asyncio.LimitOverrunError, ValueError)  async mode:
-    │                               a line longer than the handler's max_line_length
+    ├── LineTooLongError            (also ValueError)  a line longer than the handler's
+    │   │                           max_line_length (synchronous and async handlers)
+    │   └── AsyncLineTooLongError   (also asyncio.LimitOverrunError)  the async reader's
     ├── ReadTimeoutError            (also TimeoutError)  async mode: no data within timeout
     └── PeerProtocolError           (also ValueError)  the peer's fault: its bytes break the
         │                           protocol; ``reason`` names the rule, ``reply`` is what
@@ -37,10 +38,24 @@ server, so the right response is to close that connection, count it and keep ser
 Its message quotes at most ``PEER_EXCERPT_BYTES`` of what the peer sent, escaped, so a
 hostile peer can neither flood a log line nor write control characters into it.
 
-This module is a leaf: it imports nothing from sockserve. ``LineTooLongError`` derives
-from an asyncio class, yet importing this module must not import asyncio (about 10 ms and
-several MiB that a ``socketserver`` program never needs), so that one class is created on
-first access (module ``__getattr__``); type checkers see the plain class definition.
+This module is a leaf: it imports nothing from sockserve, and importing it (or raising
+anything in it) does not import asyncio, which costs about 10 ms and several MiB that a
+``socketserver`` program never needs.
+
+Why two classes for a line too long: the synchronous handlers raise ``LineTooLongError``
+(``StreamRequestHandler.max_line_length``) and must not import asyncio to do it, yet the
+async reader's error has always been an ``asyncio.LimitOverrunError`` too, so that code
+moved from asyncio (``except asyncio.LimitOverrunError`` around ``readuntil``) keeps
+working. One class cannot be both: ``except`` matches by the real base classes
+(``PyType_IsSubtype``; no ``__subclasscheck__``), so deriving from asyncio's class means
+importing asyncio when the class is made. So ``LineTooLongError`` is plain (a
+``SockserveError`` and a ``ValueError``, as asyncio's ``readline`` raises) and is the one
+to catch, in either mode. The async reader raises its subclass ``AsyncLineTooLongError``,
+which adds ``asyncio.LimitOverrunError`` and is created on first access (module
+``__getattr__``; type checkers see the plain definition), by which time the async mode
+has imported asyncio anyway. Considered and rejected: giving the eager class asyncio's
+base later (``__bases__`` assignment when ``sockserve.aio`` is imported), a class
+mutated at import time, the kind of magic the compiled path was just rid of.
 """
 
 from __future__ import annotations
@@ -166,30 +181,46 @@ class TLSHandshakeError(PeerProtocolError, OSError):
     """
 
 
-_LINE_TOO_LONG_DOC = """Async mode: a line (or ``readuntil`` chunk) longer than ``limit``.
+class LineTooLongError(SockserveError, ValueError):
+    """A line (or ``readuntil`` chunk) longer than the handler's ``max_line_length``.
 
-    It is a ``ValueError`` because asyncio's ``readline`` raises one here, and a
-    ``LimitOverrunError`` because asyncio's ``readuntil`` raises that, so existing
-    ``except`` clauses keep matching. ``consumed`` is the size seen, as in asyncio.
+    A ``ValueError`` because asyncio's ``readline`` raises one here. ``consumed`` is the
+    number of bytes seen, as in asyncio's ``LimitOverrunError``. The async reader raises
+    the subclass ``AsyncLineTooLongError``, which is also an ``asyncio.LimitOverrunError``.
+    """
+
+    def __init__(self, message: str, consumed: int) -> None:
+        super().__init__(message)
+        self.consumed = consumed
+
+    def __reduce__(self) -> tuple[type[LineTooLongError], tuple[str, int]]:
+        return type(self), (self.args[0], self.consumed)
+
+
+_ASYNC_LINE_TOO_LONG_DOC = """The async reader's ``LineTooLongError``: asyncio's kind too.
+
+    asyncio's ``readuntil`` raises ``LimitOverrunError`` at its limit, so ``except``
+    clauses written for asyncio keep matching. Created on first access (see the module
+    docstring).
     """
 
 if TYPE_CHECKING:
     import asyncio
 
-    class LineTooLongError(SockserveError, asyncio.LimitOverrunError, ValueError):
-        __doc__ = _LINE_TOO_LONG_DOC
+    class AsyncLineTooLongError(LineTooLongError, asyncio.LimitOverrunError):
+        __doc__ = _ASYNC_LINE_TOO_LONG_DOC
 
 else:
 
     def __getattr__(name: str) -> object:
-        if name != "LineTooLongError":
+        if name != "AsyncLineTooLongError":
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         import asyncio  # only now: see the module docstring
 
         cls = type(
-            "LineTooLongError",
-            (SockserveError, asyncio.LimitOverrunError, ValueError),
-            {"__doc__": _LINE_TOO_LONG_DOC, "__module__": __name__},
+            "AsyncLineTooLongError",
+            (LineTooLongError, asyncio.LimitOverrunError),
+            {"__doc__": _ASYNC_LINE_TOO_LONG_DOC, "__module__": __name__},
         )
         globals()[name] = cls  # created once: every later access is a plain lookup
         return cls

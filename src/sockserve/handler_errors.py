@@ -21,6 +21,8 @@ from .addresses import format_address
 PEER_FAULT_KINDS: tuple[tuple[type[BaseException], str], ...] = (
     (ConnectionError, "reset"),  # reset, broken pipe, aborted: the peer is gone
     (TimeoutError, "timeout"),  # socket.timeout and ReadTimeoutError: a silent peer
+    (errors.LineTooLongError, "line_too_long"),  # over the handler's max_line_length
+    (errors.PeerProtocolError, "bad_input"),  # bytes the protocol forbids
 )
 
 
@@ -29,11 +31,6 @@ def peer_fault_kind(exc: BaseException) -> str | None:
     for kind, name in PEER_FAULT_KINDS:
         if isinstance(exc, kind):
             return name
-    # Looked up, not imported: the class exists only once the async mode created it,
-    # and no exception of it can exist before.
-    line_too_long = vars(errors).get("LineTooLongError")
-    if line_too_long is not None and isinstance(exc, line_too_long):
-        return "line_too_long"
     return None
 
 

@@ -11,6 +11,8 @@ import io
 import socket
 from typing import Any
 
+from .line_buffer import LineBuffer
+
 #: Families whose stream sockets speak TCP (and so accept TCP_NODELAY).
 _TCP_FAMILIES = frozenset({socket.AF_INET, getattr(socket, "AF_INET6", socket.AF_INET)})
 
@@ -70,6 +72,14 @@ class StreamRequestHandler(BaseRequestHandler):
     ``wfile`` unbuffered — every ``write`` sends all its bytes, like ``sendall``.
     ``timeout``: socket timeout in seconds for the connection (None: block).
     ``disable_nagle_algorithm``: set TCP_NODELAY; True by default, unlike the stdlib.
+    ``max_line_length``: None (default) keeps the stdlib's ``rfile``, which reads a line
+    of any length. Set to a number of bytes, ``self.rfile.readline()`` (no size) and
+    ``for line in self.rfile`` raise ``LineTooLongError`` (a ``ValueError``) for a longer
+    line (newline excluded), having buffered no more than that plus one read; unless
+    ``handle`` catches it, the server reports it and closes the connection. An explicit
+    ``readline(size)`` keeps the stdlib's meaning (at most ``size`` bytes, no error), so
+    ``http.server`` still answers 414 to an over-long request line. The file is then a
+    ``LineLimitedReader`` (reads ahead ``rbufsize`` bytes, 8 KiB when unbuffered).
 
     Why TCP_NODELAY by default: a response written in two pieces (headers, then body)
     otherwise waits for the client's delayed ACK, about 40 ms on Linux. Measured with wrk
@@ -81,6 +91,7 @@ class StreamRequestHandler(BaseRequestHandler):
     wbufsize = 0
     timeout: float | None = None
     disable_nagle_algorithm = True
+    max_line_length: int | None = None
 
     def setup(self) -> None:
         self.connection = self.request
@@ -88,7 +99,12 @@ class StreamRequestHandler(BaseRequestHandler):
             self.connection.settimeout(self.timeout)
         if self.disable_nagle_algorithm and _is_tcp(self.connection):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        self.rfile = self.connection.makefile("rb", self.rbufsize)
+        self.rfile: io.BufferedIOBase
+        if self.max_line_length is None:
+            self.rfile = self.connection.makefile("rb", self.rbufsize)
+        else:
+            chunk = self.rbufsize if self.rbufsize > 0 else io.DEFAULT_BUFFER_SIZE
+            self.rfile = LineLimitedReader(self.connection, self.max_line_length, chunk)
         self.wfile: io.BufferedIOBase
         if self.wbufsize == 0:
             self.wfile = SocketWriter(self.connection)
@@ -126,6 +142,79 @@ class SocketWriter(io.BufferedIOBase):
 
     def fileno(self) -> int:
         return self._sock.fileno()
+
+
+class LineLimitedReader(io.BufferedIOBase):
+    """A readable file over a socket whose ``readline()`` refuses lines over a limit.
+
+    ``readline()`` (or ``readline(-1)``/``readline(None)``) and iteration raise
+    ``LineTooLongError`` for a line longer than ``max_line_length`` bytes, newline
+    excluded; the bytes of that line read so far are dropped, so it holds at most the
+    limit plus one ``recv`` of ``chunk_bytes``. ``readline(size)`` with a size keeps the
+    stdlib's meaning: at most ``size`` bytes, never an error. ``read``, ``read1`` and
+    ``readinto`` behave as a buffered socket file's. The splitting is ``LineBuffer``'s
+    (``line_buffer.py``), the same the async reader uses. Closing it leaves the socket
+    open, as closing a ``makefile`` file does.
+    """
+
+    def __init__(self, sock: socket.socket, max_line_length: int, chunk_bytes: int) -> None:
+        super().__init__()
+        self._sock = sock
+        self._lines = LineBuffer(max_line_length)
+        self._chunk_bytes = chunk_bytes
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def _fill(self) -> bool:
+        """One ``recv`` into the buffer; False at the end of the stream."""
+        if self._lines.eof:
+            return False
+        data = self._sock.recv(self._chunk_bytes)
+        if not data:
+            self._lines.feed_eof()
+            return False
+        self._lines.feed(data)
+        return True
+
+    def readline(self, size: int | None = -1) -> bytes:
+        self._checkClosed()
+        lines = self._lines
+        if size is None or size < 0:
+            while (line := lines.next_line()) is None:
+                self._fill()
+            return line
+        while True:  # the stdlib's readline(size): up to a newline or size bytes
+            end = lines.data.find(b"\n", 0, size)
+            if end >= 0:
+                return lines.take(end + 1)
+            if len(lines) >= size or not self._fill():
+                return lines.take(size)
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._checkClosed()
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            return self._lines.take(len(self._lines))
+        while len(self._lines) < size and self._fill():
+            pass
+        return self._lines.take(size)
+
+    def read1(self, size: int = -1) -> bytes:
+        self._checkClosed()
+        if not self._lines.data:
+            self._fill()
+        return self._lines.take(size if size >= 0 else len(self._lines))
+
+    def readinto(self, buffer: Any) -> int:
+        with memoryview(buffer) as view, view.cast("B") as target:
+            data = self.read(len(target))
+            target[: len(data)] = data
+            return len(data)
 
 
 class DatagramRequestHandler(BaseRequestHandler):

@@ -28,7 +28,12 @@ from .handlers import (
 )
 from .loop import EVENT_LOOPS
 from .servers import AsyncServerMixIn, AsyncTCPServer, AsyncUDPServer
-from .streams import LineTooLongError, ReadTimeoutError, StreamReader
+from .streams import (
+    AsyncLineTooLongError,
+    LineTooLongError,
+    ReadTimeoutError,
+    StreamReader,
+)
 from .writer import StreamWriter
 
 __all__ = [
@@ -41,6 +46,7 @@ __all__ = [
     "StreamReader",
     "StreamWriter",
     "LineTooLongError",
+    "AsyncLineTooLongError",
     "ReadTimeoutError",
     "EVENT_LOOPS",
 ]

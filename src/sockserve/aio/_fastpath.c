@@ -6,7 +6,8 @@
  * what the read wants, the transport is neither paused nor closing. Every other case
  * calls the Python methods (streams.py, inline.py, writer.py; kept under *_slowly
  * names), which stay the reference: this file repeats their steps in the same order and
- * must change with them. fastpath.py installs it.
+ * must change with them. fastpath.py puts these methods in subclasses of those classes
+ * (never into the classes themselves) and selects them, once.
  *
  * Why: in Python these were two thirds of the interpreter's work per message (about 170
  * bytecodes, two generator frames, and a bytes.find() whose argument parsing alone costs
@@ -30,17 +31,23 @@
 #define WANT_LINE 1
 #define WANT_SOME 2
 
-/* The slots used here, by class. */
+/* The slots used here, by class: the reader (streams.py), its LineBuffer
+ * (line_buffer.py) and FlowControl (flow.py), the writer (writer.py), the driver
+ * (inline.py). */
 enum {
-    R_WAITER, R_BUFFER, R_WANT, R_WANT_SIZE, R_LIMIT, R_DRIVER, R_PARKED_RESULT,
-    R_PARKED_ERROR, R_DRIVING, R_EOF, R_TIMEOUT, R_READING_PAUSED, R_WRITING_PAUSED, R_COUNT
+    R_WAITER, R_BUFFER, R_WANT, R_WANT_SIZE, R_LINES, R_FLOW, R_DRIVER, R_PARKED_RESULT,
+    R_PARKED_ERROR, R_DRIVING, R_TIMEOUT, R_COUNT
 };
 static const char *const reader_slot_names[R_COUNT] = {
-    "_waiter", "_buffer", "_want", "_want_size", "limit", "_driver", "_parked_result",
-    "_parked_error", "_driving", "_eof", "timeout", "_is_reading_paused", "_is_writing_paused",
+    "_waiter", "_buffer", "_want", "_want_size", "_lines", "flow", "_driver",
+    "_parked_result", "_parked_error", "_driving", "timeout",
 };
-enum { W_READER, W_TRANSPORT, W_READY, W_COUNT };
-static const char *const writer_slot_names[W_COUNT] = {"_reader", "_transport", "_ready"};
+enum { L_MAX_LINE_LENGTH, L_EOF, L_COUNT };
+static const char *const lines_slot_names[L_COUNT] = {"max_line_length", "eof"};
+enum { F_READING_PAUSED, F_WRITING_PAUSED, F_COUNT };
+static const char *const flow_slot_names[F_COUNT] = {"is_reading_paused", "is_writing_paused"};
+enum { W_FLOW, W_TRANSPORT, W_READY, W_COUNT };
+static const char *const writer_slot_names[W_COUNT] = {"_flow", "_transport", "_ready"};
 enum { D_PARKING, D_LOOP, D_TASK, D_CONTEXT, D_HANDLER, D_READER, D_COUNT };
 static const char *const driver_slot_names[D_COUNT] = {
     "_parking", "_loop", "_task", "_context", "_handler", "_reader",
@@ -50,7 +57,11 @@ typedef struct {
     PyTypeObject *reader_type;
     PyTypeObject *driver_type;
     PyTypeObject *writer_type;
+    PyTypeObject *lines_type;
+    PyTypeObject *flow_type;
     Py_ssize_t reader_slots[R_COUNT];
+    Py_ssize_t lines_slots[L_COUNT];
+    Py_ssize_t flow_slots[F_COUNT];
     Py_ssize_t driver_slots[D_COUNT];
     Py_ssize_t writer_slots[W_COUNT];
     PyObject *enter_task;         /* asyncio.tasks._enter_task */
@@ -74,6 +85,24 @@ static int installed = 0;
 #define READER(obj, name) SLOT(obj, state.reader_slots[name])
 #define DRIVER(obj, name) SLOT(obj, state.driver_slots[name])
 #define WRITER(obj, name) SLOT(obj, state.writer_slots[name])
+#define LINES(obj, name) SLOT(obj, state.lines_slots[name])
+#define FLOW(obj, name) SLOT(obj, state.flow_slots[name])
+
+/* The reader's LineBuffer and FlowControl, or NULL when a slot holds something else
+ * (a test double): the callers then take the Python path. */
+static inline PyObject *
+reader_lines(PyObject *reader)
+{
+    PyObject *lines = READER(reader, R_LINES);
+    return lines != NULL && Py_IS_TYPE(lines, state.lines_type) ? lines : NULL;
+}
+
+static inline PyObject *
+reader_flow(PyObject *reader)
+{
+    PyObject *flow = READER(reader, R_FLOW);
+    return flow != NULL && Py_IS_TYPE(flow, state.flow_type) ? flow : NULL;
+}
 
 static inline void
 set_slot(PyObject *obj, Py_ssize_t offset, PyObject *value)
@@ -254,14 +283,15 @@ static PyObject *
 data_received(PyObject *self, PyObject *data)
 {
     PyObject *buffer = READER(self, R_BUFFER);
+    PyObject *lines = reader_lines(self);
     if (READER(self, R_WAITER) == self && PyBytes_CheckExact(data) && buffer != NULL
-        && PyByteArray_CheckExact(buffer) && PyByteArray_GET_SIZE(buffer) == 0) {
+        && PyByteArray_CheckExact(buffer) && PyByteArray_GET_SIZE(buffer) == 0 && lines != NULL) {
         Py_ssize_t size = PyBytes_GET_SIZE(data);
         Py_ssize_t want = int_slot(READER(self, R_WANT));
         int wanted = 0;
         if (want == WANT_LINE) {
             const char *bytes = PyBytes_AS_STRING(data);
-            Py_ssize_t limit = int_slot(READER(self, R_LIMIT));
+            Py_ssize_t limit = int_slot(LINES(lines, L_MAX_LINE_LENGTH));
             wanted = size > 0 && memchr(bytes, '\n', (size_t)size) == bytes + size - 1
                      && limit >= 0 && size <= limit;
         }
@@ -280,7 +310,7 @@ data_received(PyObject *self, PyObject *data)
                 return NULL;
             }
             Py_INCREF(driver);
-            PyObject *result = Py_IS_TYPE(driver, state.driver_type)
+            PyObject *result = PyObject_TypeCheck(driver, state.driver_type)
                                    ? resume_parked(driver)
                                    : PyObject_CallMethodNoArgs(driver, state.str_resume_parked);
             Py_DECREF(driver);
@@ -387,10 +417,11 @@ static int
 read_can_park(PyObject *reader)
 {
     PyObject *buffer = READER(reader, R_BUFFER);
+    PyObject *lines = reader_lines(reader), *flow = reader_flow(reader);
     return buffer != NULL && PyByteArray_CheckExact(buffer) && PyByteArray_GET_SIZE(buffer) == 0
-           && READER(reader, R_EOF) == Py_False && READER(reader, R_DRIVING) == Py_True
-           && READER(reader, R_WAITER) == Py_None && READER(reader, R_TIMEOUT) == Py_None
-           && READER(reader, R_READING_PAUSED) == Py_False;
+           && lines != NULL && flow != NULL && LINES(lines, L_EOF) == Py_False
+           && READER(reader, R_DRIVING) == Py_True && READER(reader, R_WAITER) == Py_None
+           && READER(reader, R_TIMEOUT) == Py_None && FLOW(flow, F_READING_PAUSED) == Py_False;
 }
 
 static PySendResult
@@ -782,19 +813,19 @@ reader_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *k
 static PyObject *
 writer_drain(PyObject *self, PyObject *unused)
 {
-    PyObject *reader = WRITER(self, W_READER);
+    PyObject *flow = WRITER(self, W_FLOW);
     PyObject *transport = WRITER(self, W_TRANSPORT);
-    if (reader == NULL || transport == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "StreamWriter has no reader or transport");
+    if (flow == NULL || transport == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "StreamWriter has no flow control or transport");
         return NULL;
     }
     int is_paused;
-    if (PyObject_TypeCheck(reader, state.reader_type)) {
-        PyObject *paused = READER(reader, R_WRITING_PAUSED);
+    if (Py_IS_TYPE(flow, state.flow_type)) {
+        PyObject *paused = FLOW(flow, F_WRITING_PAUSED);
         is_paused = paused == Py_False ? 0 : paused == NULL ? -1 : PyObject_IsTrue(paused);
     }
     else {  /* not ours (a test double): ask as the Python method does */
-        PyObject *paused = PyObject_GetAttrString(reader, "_is_writing_paused");
+        PyObject *paused = PyObject_GetAttrString(flow, "is_writing_paused");
         is_paused = paused == NULL ? -1 : PyObject_IsTrue(paused);
         Py_XDECREF(paused);
     }
@@ -871,25 +902,26 @@ intern(const char *name, int *failed)
     return string;
 }
 
-/* install(reader_class, driver_class, writer_class, enter_task, leave_task, handoff,
- *         returned, raised, want_line, want_some, resume)
+/* install(reader_class, driver_class, writer_class, line_buffer_class, flow_class,
+ *         enter_task, leave_task, handoff, returned, raised, want_line, want_some, resume)
  * -> method descriptors, in method_defs' order, for the classes to take. Once per process. */
 static PyObject *
 install(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 11 || !PyType_Check(args[0]) || !PyType_Check(args[1])
-        || !PyType_Check(args[2])) {
+    if (nargs != 13 || !PyType_Check(args[0]) || !PyType_Check(args[1])
+        || !PyType_Check(args[2]) || !PyType_Check(args[3]) || !PyType_Check(args[4])) {
         PyErr_SetString(PyExc_TypeError,
-                        "install(reader_class, driver_class, writer_class, enter_task, "
-                        "leave_task, handoff, returned, raised, want_line, want_some, resume)");
+                        "install(reader_class, driver_class, writer_class, line_buffer_class, "
+                        "flow_class, enter_task, leave_task, handoff, returned, raised, "
+                        "want_line, want_some, resume)");
         return NULL;
     }
     if (installed) {
         PyErr_SetString(PyExc_RuntimeError, "the fast path is installed already");
         return NULL;
     }
-    if (!PyLong_CheckExact(args[8]) || PyLong_AsLong(args[8]) != WANT_LINE
-        || !PyLong_CheckExact(args[9]) || PyLong_AsLong(args[9]) != WANT_SOME) {
+    if (!PyLong_CheckExact(args[10]) || PyLong_AsLong(args[10]) != WANT_LINE
+        || !PyLong_CheckExact(args[11]) || PyLong_AsLong(args[11]) != WANT_SOME) {
         PyErr_SetString(PyExc_ValueError, "streams.py's _LINE/_SOME are not this file's");
         return NULL;
     }
@@ -897,9 +929,13 @@ install(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     s.reader_type = (PyTypeObject *)args[0];
     s.driver_type = (PyTypeObject *)args[1];
     s.writer_type = (PyTypeObject *)args[2];
+    s.lines_type = (PyTypeObject *)args[3];
+    s.flow_type = (PyTypeObject *)args[4];
     if (find_slots(s.reader_type, reader_slot_names, s.reader_slots, R_COUNT) < 0
         || find_slots(s.driver_type, driver_slot_names, s.driver_slots, D_COUNT) < 0
-        || find_slots(s.writer_type, writer_slot_names, s.writer_slots, W_COUNT) < 0) {
+        || find_slots(s.writer_type, writer_slot_names, s.writer_slots, W_COUNT) < 0
+        || find_slots(s.lines_type, lines_slot_names, s.lines_slots, L_COUNT) < 0
+        || find_slots(s.flow_type, flow_slot_names, s.flow_slots, F_COUNT) < 0) {
         return NULL;
     }
     int failed = 0;
@@ -934,14 +970,16 @@ install(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_INCREF(s.reader_type);
     Py_INCREF(s.driver_type);
     Py_INCREF(s.writer_type);
-    s.enter_task = Py_NewRef(args[3]);
-    s.leave_task = Py_NewRef(args[4]);
-    s.outcome_handoff = Py_NewRef(args[5]);
-    s.outcome_returned = Py_NewRef(args[6]);
-    s.outcome_raised = Py_NewRef(args[7]);
-    s.want_line = Py_NewRef(args[8]);
-    s.want_some = Py_NewRef(args[9]);
-    s.outcome_resume = Py_NewRef(args[10]);
+    Py_INCREF(s.lines_type);
+    Py_INCREF(s.flow_type);
+    s.enter_task = Py_NewRef(args[5]);
+    s.leave_task = Py_NewRef(args[6]);
+    s.outcome_handoff = Py_NewRef(args[7]);
+    s.outcome_returned = Py_NewRef(args[8]);
+    s.outcome_raised = Py_NewRef(args[9]);
+    s.want_line = Py_NewRef(args[10]);
+    s.want_some = Py_NewRef(args[11]);
+    s.outcome_resume = Py_NewRef(args[12]);
     state = s;
     installed = 1;
     return result;

@@ -28,11 +28,18 @@ from typing import Any
 from ..addresses import format_address
 from ..handler_errors import call_handle_error, peer_fault_kind
 from ..serving.job import HANDLER_ERROR, RequestJob
-from . import fastpath  # noqa: F401  (installs the compiled per-message path, if built)
+from .fastpath import IMPLEMENTATION
 from .handlers import AsyncBaseRequestHandler
-from .inline import INLINE_RESUMPTION, InlineDriver, await_handler
+from .inline import INLINE_RESUMPTION, await_handler
 from .streams import StreamReader
 from .writer import StreamWriter
+
+#: The classes connections are built from: compiled or pure Python (``fastpath.py``).
+_Reader, _Writer, _Driver = (
+    IMPLEMENTATION.reader_class,
+    IMPLEMENTATION.writer_class,
+    IMPLEMENTATION.driver_class,
+)
 
 log = logging.getLogger("sockserve.aio.connections")
 
@@ -67,7 +74,7 @@ async def serve_stream(
     if not is_verified:
         server.shutdown_request(sock)
         return
-    reader = StreamReader(loop, receive_view)
+    reader = _Reader(loop, receive_view)
     try:
         transport, _ = await loop.connect_accepted_socket(lambda: reader, sock)
     except OSError as exc:
@@ -80,7 +87,7 @@ async def serve_stream(
     except BaseException:
         sock.close()
         raise
-    writer = StreamWriter(transport, reader)
+    writer = _Writer(transport, reader)
     request = (reader, writer)
     if job.details:  # what the preludes learnt, readable as handler.proxy / handler.tls
         server._core.register_details(request, job.details)
@@ -94,11 +101,11 @@ async def serve_stream(
             # driver resumes per message is handle() itself: two frames fewer each time.
             await work.setup()
             try:
-                await InlineDriver(work.handle(), reader, context)
+                await _Driver(work.handle(), reader, context)
             finally:
                 await work.finish()
         else:
-            await InlineDriver(await_handler(work), reader, context)
+            await _Driver(await_handler(work), reader, context)
         flush_seconds = CLOSE_FLUSH_SECONDS
     except Exception as exc:
         flush_seconds = CLOSE_FLUSH_SECONDS
@@ -157,14 +164,14 @@ async def close_stream(
     socket is closed when this returns.
     """
     transport = writer.transport
-    closed = reader._closed_future()
+    closed = reader.flow.closed()
     try:
         if not transport.is_closing():
             if transport.can_write_eof():
                 # FIN first (after the buffered replies), as the synchronous servers'
                 # shutdown(SHUT_WR) does: the client reads a clean end of stream.
                 transport.write_eof()
-            if flush_seconds > 0 and not reader._eof:
+            if flush_seconds > 0 and not reader.is_eof_received:
                 # The server closes first: let the transport read what the client has
                 # already sent, since closing with unread bytes resets the connection (a
                 # Unix socket client then sees ECONNRESET, not the end of stream). Two

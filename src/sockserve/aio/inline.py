@@ -218,7 +218,7 @@ class InlineDriver:
             _leave_task(loop, task)  # type: ignore[arg-type]
 
     #: The method above, under the name the compiled fast path calls for the cases it
-    #: does not take itself (``fastpath.py`` replaces ``resume_parked``).
+    #: does not take itself (``fastpath.py``'s compiled subclass overrides ``resume_parked``).
     _resume_parked_slowly = resume_parked
 
     def _hand_to_task(self, outcome: int, payload: Any) -> None:

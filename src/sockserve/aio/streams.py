@@ -19,8 +19,14 @@ driver's ``resume_parked``).
   (``asyncio.create_task(reader.readline())`` works, and a line handed to a read that is
   cancelled at that moment goes back into the buffer).
 * The writer (``writer.py``) writes straight to the transport; its ``drain()`` returns
-  one done future per connection (``_ready``, kept here) unless the transport is paused
-  or closing: no coroutine, no suspension.
+  one done future per connection (``FlowControl.ready``) unless the transport is paused
+  or closing: no coroutine, no suspension. The flow-control state both halves share
+  lives in one small object (``flow.py``), ``reader.flow``.
+* Buffering and line splitting are the sans-IO ``LineBuffer``'s (``line_buffer.py``,
+  shared with the synchronous handlers' line limit). The per-message path does not call
+  it: a chunk that is exactly what the waiting read wants never enters the buffer, and
+  ``data_received`` appends the others to the buffer's bytearray itself (what
+  ``LineBuffer.feed`` does, without the call).
 * The idle ``timeout`` is one timer per connection, checked lazily against the time the
   current wait started, not a ``TimerHandle`` created and cancelled per message.
 
@@ -49,9 +55,12 @@ import types
 from collections.abc import Awaitable, Generator
 from typing import Any, Protocol, cast
 
-from ..errors import LineTooLongError, ReadTimeoutError
+from ..errors import AsyncLineTooLongError, LineTooLongError, ReadTimeoutError
+from ..line_buffer import LineBuffer
+from .flow import WRITE_HIGH_WATER_BYTES, FlowControl
 
 __all__ = [
+    "AsyncLineTooLongError",
     "DEFAULT_LINE_LIMIT",
     "RECEIVE_CHUNK_BYTES",
     "WRITE_HIGH_WATER_BYTES",
@@ -69,10 +78,6 @@ DEFAULT_LINE_LIMIT = 64 * 1024
 #: of a server, so its size costs nothing per connection; it bounds how much one read can
 #: add to a connection's buffer beyond ``2 * limit``.
 RECEIVE_CHUNK_BYTES = 64 * 1024
-
-#: The transport's write buffer above which ``drain()`` waits: asyncio's default
-#: high-water mark, stated here so both loops use the same one (uvloop's low mark differs).
-WRITE_HIGH_WATER_BYTES = 64 * 1024
 
 #: What a pending read waits for (``StreamReader._want``): any change (the coroutine
 #: re-checks), a whole line, or up to ``_want_size`` bytes.
@@ -140,8 +145,8 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
 
     ``limit``: the longest line accepted (``LineTooLongError`` beyond it).
     ``timeout``: seconds a read may wait for data (``ReadTimeoutError``); None waits.
-    The write flow-control state lives here too, because the transport reports it to
-    its protocol; ``StreamWriter.drain`` asks for it.
+    ``flow``: the connection's ``FlowControl``, shared with its ``StreamWriter``: the
+    transport reports its write state to its protocol, which passes it on there.
 
     Both a ``BufferedProtocol`` and a ``Protocol``, on purpose: the stdlib loop checks
     for ``BufferedProtocol`` first and reads into the shared buffer (``recv_into``; its
@@ -163,25 +168,17 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
     """
 
     __slots__ = (
-        "limit",
         "timeout",
+        "flow",
         "_loop",
         "_receive_view",
+        "_lines",
         "_buffer",
         "_waiter",
         "_want",
         "_want_size",
         "_wait_started",
         "_timer",
-        "_eof",
-        "_exception",
-        "_transport",
-        "_is_reading_paused",
-        "_is_writing_paused",
-        "_drain_waiters",
-        "_is_connection_lost",
-        "_closed",
-        "_ready",
         "_create_future",
         "_driving",
         "_driver",
@@ -197,11 +194,14 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         limit: int = DEFAULT_LINE_LIMIT,
         timeout: float | None = None,
     ) -> None:
-        self.limit = limit
         self.timeout = timeout
+        self.flow = FlowControl(loop, limit)
         self._loop = loop
         self._receive_view = receive_view
-        self._buffer = bytearray()
+        #: The unread bytes, the limit and the end of stream (``line_buffer.py``).
+        self._lines = LineBuffer(limit, error=AsyncLineTooLongError)
+        #: ``_lines.data`` itself (never replaced), for the per-message emptiness tests.
+        self._buffer = self._lines.data
         #: The pending read: a loop future (a read from a task), the reader itself (the
         #: handler's own read, parked inline), or None.
         self._waiter: asyncio.Future[Any] | StreamReader | None = None
@@ -209,18 +209,6 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         self._want_size = 0
         self._wait_started = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._eof = False
-        self._exception: BaseException | None = None
-        self._transport: Any = None
-        self._is_reading_paused = False
-        self._is_writing_paused = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
-        self._is_connection_lost = False
-        self._closed: asyncio.Future[None] | None = None
-        #: What ``drain()`` returns when it need not wait: one done future per
-        #: connection, awaited again and again (awaiting a done future never suspends).
-        self._ready: asyncio.Future[None] = loop.create_future()
-        self._ready.set_result(None)
         self._create_future = loop.create_future
         #: True while the connection's ``InlineDriver`` runs the handler (``inline.py``):
         #: a read that has to wait then parks inline instead of creating a future.
@@ -232,10 +220,25 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         self._parked_result: Any = None
         self._parked_error: BaseException | None = None
 
+    @property
+    def limit(self) -> int:
+        """The longest line accepted, newline excluded (the handler's max_line_length)."""
+        return self._lines.max_line_length  # type: ignore[return-value]  # always an int
+
+    @limit.setter
+    def limit(self, limit: int) -> None:
+        self._lines.max_line_length = limit
+        self.flow.set_read_limit(limit)
+
+    @property
+    def is_eof_received(self) -> bool:
+        """True once the peer has finished sending (unread data may be buffered)."""
+        return self._lines.eof
+
     # -- the protocol: called by the transport ----------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
+        self.flow.transport = transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._receive_view
@@ -251,7 +254,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         if waiter is not None and not self._buffer:
             size = len(data)
             if (
-                data.find(b"\n") == size - 1 and size <= self.limit
+                data.find(b"\n") == size - 1 and size <= self._lines.max_line_length  # type: ignore[operator]
                 if self._want == _LINE
                 else self._want == _SOME and size <= self._want_size
             ):
@@ -265,48 +268,36 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
                     future.set_result(data)
                     return
         buffer = self._buffer
-        buffer += data
+        buffer += data  # LineBuffer.feed(), written out: this runs for every other chunk
         if self._waiter is not None:
             self._serve_waiter()
-        if len(buffer) > 2 * self.limit and not self._is_reading_paused:
-            self._is_reading_paused = True
-            self._transport.pause_reading()
+        if len(buffer) > self.flow.read_high_water:
+            self.flow.pause_reading()
 
     #: The method above, under the name the compiled fast path calls for every case it
-    #: does not take itself (``fastpath.py`` replaces ``data_received``).
+    #: does not take itself (``fastpath.py``'s compiled subclass overrides
+    #: ``data_received``).
     _data_received_slowly = data_received
 
     def eof_received(self) -> bool:
-        self._eof = True
+        self._lines.feed_eof()
         self._serve_waiter()
         return True  # keep the write side open: a half-closed client still gets its reply
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._is_connection_lost = True
-        self._eof = True
-        if exc is not None:
-            self._exception = exc
+        self._lines.feed_eof()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_exception(exc or ConnectionResetError("Connection lost"))
-        self._drain_waiters.clear()
-        if self._closed is not None and not self._closed.done():
-            self._closed.set_result(None)
+        self.flow.connection_lost(exc)
         # Last: the handler may be resumed right here, and must see the state above.
         self._serve_waiter()
 
     def pause_writing(self) -> None:
-        self._is_writing_paused = True
+        self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self._is_writing_paused = False
-        for waiter in self._drain_waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._drain_waiters.clear()
+        self.flow.resume_writing()
 
     def _serve_waiter(self) -> None:
         """Give the pending read its result if what it wants is there now."""
@@ -353,20 +344,20 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             self._waiter = None
         result, self._parked_result, self._parked_error = self._parked_result, None, None
         if result:
-            self._buffer[:0] = result
+            self._lines.unread(result)
 
     # -- the reader: called by the handler --------------------------------------------
 
     def exception(self) -> BaseException | None:
-        return self._exception
+        return self.flow.exception
 
     def at_eof(self) -> bool:
         """True when the peer has finished sending and everything has been read."""
-        return self._eof and not self._buffer
+        return self._lines.eof and not self._buffer
 
     async def readline(self) -> bytes:
         """One line including ``\\n``; at EOF whatever is left (b"" when nothing)."""
-        if self._buffer or self._eof:
+        if self._buffer or self._lines.eof:
             line = self._line_now()
             if line is not None:
                 return line
@@ -374,7 +365,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             self._driving
             and self._waiter is None
             and self.timeout is None
-            and not self._is_reading_paused
+            and not self.flow.is_reading_paused
         ):
             # The per-message read, parked inline: _wait()'s steps for this case, written
             # out here because the call would cost 4% of a ping-pong message (measured).
@@ -389,7 +380,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             raise
 
     #: The coroutine above, which the compiled ``readline`` runs for every case but the
-    #: per-message one (``fastpath.py`` replaces ``readline``).
+    #: per-message one (``fastpath.py``'s compiled subclass overrides ``readline``).
     _readline_slowly = readline
 
     async def read(self, n: int = -1) -> bytes:
@@ -398,7 +389,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             return await self._read_all()
         if n == 0:
             return b""
-        if self._buffer or self._eof:
+        if self._buffer or self._lines.eof:
             data = self._some_now(n)
             if data is not None:
                 return data
@@ -406,7 +397,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             self._driving
             and self._waiter is None
             and self.timeout is None
-            and not self._is_reading_paused
+            and not self.flow.is_reading_paused
         ):
             self._waiter = self  # as in readline()
             self._want = _SOME
@@ -428,36 +419,29 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         At EOF first: ``asyncio.IncompleteReadError`` with the partial data. Separator
         beyond ``limit``: ``LineTooLongError``, the data left in the buffer.
         """
-        if not separator:
-            raise ValueError("separator should be at least one-byte string")
-        buffer = self._buffer
-        start = 0
+        lines = self._lines
         while True:
-            end = buffer.find(separator, start)
-            if end >= 0:
-                if end > self.limit:
-                    raise self._too_long(end)
-                return self._take(end + len(separator))
-            if len(buffer) > self.limit:
-                raise self._too_long(len(buffer))
-            if self._eof:
-                if self._exception is not None:
-                    raise self._exception
-                raise asyncio.IncompleteReadError(self._take(len(buffer)), None)
-            start = max(0, len(buffer) + 1 - len(separator))
+            chunk = lines.read_until(separator)
+            if chunk is not None:
+                self.flow.resume_reading_if_below(len(lines))
+                return chunk
+            if lines.eof:
+                self._raise_lost()
+                raise asyncio.IncompleteReadError(self._take(len(lines)), None)
             await self._wait(_WAKE, 0)
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes; ``asyncio.IncompleteReadError`` if EOF comes first."""
         if n < 0:
             raise ValueError("readexactly size can not be less than zero")
-        while len(self._buffer) < n:
-            if self._eof:
-                if self._exception is not None:
-                    raise self._exception
-                raise asyncio.IncompleteReadError(self._take(len(self._buffer)), n)
+        lines = self._lines
+        while (data := lines.read_exactly(n)) is None:
+            if lines.eof:
+                self._raise_lost()
+                raise asyncio.IncompleteReadError(self._take(len(lines)), n)
             await self._wait(_WAKE, 0)
-        return self._take(n)
+        self.flow.resume_reading_if_below(len(lines))
+        return data
 
     def __aiter__(self) -> StreamReader:
         return self
@@ -476,48 +460,34 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
 
     def _line_now(self) -> bytes | None:
         """The next line if it is buffered (or the rest, at EOF); None: wait for more."""
-        buffer = self._buffer
-        end = buffer.find(b"\n")
-        if end >= 0:
-            if end > self.limit:
-                del buffer[: end + 1]
-                raise self._too_long(end)
-            return self._take(end + 1)
-        if len(buffer) > self.limit:
-            size = len(buffer)
-            buffer.clear()
-            raise self._too_long(size)
-        if self._eof:
-            if self._exception is not None and not buffer:
-                raise self._exception
-            return self._take(len(buffer))
-        return None
+        lines = self._lines
+        if not lines.data and lines.eof:
+            self._raise_lost()
+        try:
+            return lines.next_line()
+        finally:  # taken, or dropped as too long: room to read again?
+            if self.flow.is_reading_paused:
+                self.flow.resume_reading_if_below(len(lines))
 
     def _some_now(self, n: int) -> bytes | None:
         """Up to ``n`` buffered bytes (b"" at EOF); None: wait for some."""
-        if self._buffer:
-            return self._take(min(n, len(self._buffer)))
-        if self._eof:
-            if self._exception is not None:
-                raise self._exception
-            return b""
-        return None
-
-    def _take(self, size: int) -> bytes:
-        buffer = self._buffer
-        if size == len(buffer):
-            data = bytes(buffer)
-            buffer.clear()
-        else:
-            data = bytes(buffer[:size])
-            del buffer[:size]
-        if self._is_reading_paused:
-            self._resume_if_room()
+        lines = self._lines
+        if not lines.data and lines.eof:
+            self._raise_lost()
+        data = lines.read(n)
+        if self.flow.is_reading_paused:
+            self.flow.resume_reading_if_below(len(lines))
         return data
 
-    def _resume_if_room(self) -> None:
-        if len(self._buffer) <= self.limit:
-            self._resume_reading()
+    def _take(self, size: int) -> bytes:
+        data = self._lines.take(size)
+        self.flow.resume_reading_if_below(len(self._lines))
+        return data
+
+    def _raise_lost(self) -> None:
+        """At the end of the stream with nothing buffered: raise why it was lost, if so."""
+        if self.flow.exception is not None:
+            raise self.flow.exception
 
     def _wait(self, want: int, size: int) -> Awaitable[Any]:
         """An awaitable the protocol completes with what ``want`` asks for (or an error).
@@ -530,8 +500,8 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             waiter is self or not cast("asyncio.Future[Any]", waiter).done()
         ):
             raise RuntimeError("another coroutine is already waiting for data on this reader")
-        if self._is_reading_paused:
-            self._resume_reading()  # the caller needs more than is buffered
+        if self.flow.is_reading_paused:
+            self.flow.resume_reading()  # the caller needs more than is buffered
         self._want = want
         self._want_size = size
         if self.timeout is not None:
@@ -562,7 +532,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             and read.exception() is None
             and read.result()
         ):
-            self._buffer[:0] = read.result()
+            self._lines.unread(read.result())
 
     def _check_timeout(self) -> None:
         self._timer = None
@@ -579,27 +549,3 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             self._complete(waiter, None, ReadTimeoutError(f"no data for {timeout} s"))
         else:  # the read that timer was for got its data; this one started later
             self._timer = self._loop.call_at(deadline, self._check_timeout)
-
-    def _resume_reading(self) -> None:
-        self._is_reading_paused = False
-        if not self._is_connection_lost:
-            self._transport.resume_reading()
-
-    def _too_long(self, size: int) -> LineTooLongError:
-        return LineTooLongError(
-            f"line of more than {self.limit} bytes (max_line_length); {size} bytes seen", size
-        )
-
-    # -- for the writer ----------------------------------------------------------------
-
-    def _writable(self) -> asyncio.Future[None]:
-        waiter = self._loop.create_future()
-        self._drain_waiters.append(waiter)
-        return waiter
-
-    def _closed_future(self) -> asyncio.Future[None]:
-        if self._closed is None:
-            self._closed = self._loop.create_future()
-            if self._is_connection_lost:
-                self._closed.set_result(None)
-        return self._closed

@@ -3,8 +3,8 @@
 ``write`` is the transport's own bound method (no extra call per message); ``drain()`` is a
 plain method that returns the reader's one done future unless the transport is paused or
 closing, so the usual ``write(); await drain()`` neither creates anything nor suspends.
-The flow-control state lives on the reader (``streams.py``), because the transport reports
-it to its protocol, and the reader is the protocol.
+The flow-control state is the connection's ``FlowControl`` (``flow.py``), which the reader,
+the transport's protocol, keeps up to date; the writer takes it from ``reader.flow``.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ class StreamWriter:
     high-water mark, and raises if the connection is lost.
     """
 
-    __slots__ = ("_transport", "_reader", "write", "_ready")
+    __slots__ = ("_transport", "_flow", "write", "_ready")
 
     def __init__(self, transport: asyncio.Transport, reader: StreamReader) -> None:
         self._transport = transport
-        self._reader = reader
+        self._flow = reader.flow
         self.write: Callable[[bytes | bytearray | memoryview], None] = transport.write
-        self._ready = reader._ready
+        #: ``_flow.ready`` (never replaced), one attribute lookup nearer for ``drain()``.
+        self._ready = self._flow.ready
 
     @property
     def transport(self) -> asyncio.Transport:
@@ -56,7 +57,7 @@ class StreamWriter:
         return self._transport.is_closing()
 
     async def wait_closed(self) -> None:
-        await self._reader._closed_future()
+        await self._flow.closed()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self._transport.get_extra_info(name, default)
@@ -65,22 +66,22 @@ class StreamWriter:
         """Wait until the transport's buffer is below the high-water mark.
 
         A plain method, not a coroutine: in the usual case (not paused, not closing) it
-        returns the reader's one done future, so ``await writer.drain()`` creates no
+        returns the connection's one done future, so ``await writer.drain()`` creates no
         coroutine and never suspends.
         """
-        if self._reader._is_writing_paused or self._transport.is_closing():
+        if self._flow.is_writing_paused or self._transport.is_closing():
             return self._drain_slowly()
         return self._ready
 
     async def _drain_slowly(self) -> None:
-        reader = self._reader
-        if not reader._is_connection_lost:
-            if reader._is_writing_paused:
-                await reader._writable()
+        flow = self._flow
+        if not flow.is_connection_lost:
+            if flow.is_writing_paused:
+                await flow.writable()
                 return
             await asyncio.sleep(0)  # closing: let connection_lost run, then report it
-        if reader._is_connection_lost:
-            raise reader._exception or ConnectionResetError("Connection lost")
+        if flow.is_connection_lost:
+            raise flow.exception or ConnectionResetError("Connection lost")
 
     def __repr__(self) -> str:
         return f"<sockserve StreamWriter transport={self._transport!r}>"

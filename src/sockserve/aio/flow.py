@@ -1,0 +1,131 @@
+"""Flow control of one connection, shared by its reader and its writer.
+
+Design: the transport reports its state to its protocol (the reader, ``streams.py``):
+``pause_writing``/``resume_writing`` when its write buffer crosses the high-water mark,
+``connection_lost`` at the end. The reader passes those on to this object, and the
+writer (``writer.py``) asks it whether ``drain()`` has to wait, instead of reaching into
+the reader. The reader also pauses the transport's reading here when a client sends
+more than it reads. One object per connection; the reader makes it, the writer takes it
+from ``reader.flow``.
+
+Water marks: reading pauses when more than ``read_high_water`` bytes are buffered
+unread (twice the line limit) and resumes once the handler has brought them down to
+``read_low_water`` (the limit); writing waits while the transport's buffer is over its
+high-water mark (``WRITE_HIGH_WATER_BYTES``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+__all__ = ["WRITE_HIGH_WATER_BYTES", "FlowControl"]
+
+#: The transport's write buffer above which ``drain()`` waits: asyncio's default
+#: high-water mark, stated here so both loops use the same one (uvloop's low mark differs).
+WRITE_HIGH_WATER_BYTES = 64 * 1024
+
+
+class FlowControl:
+    """One connection's pause/resume state, both ways, and the end of the connection.
+
+    Set by the reader (the transport's protocol): ``transport`` (``connection_made``),
+    ``pause_writing``/``resume_writing``, ``connection_lost``, and the reading side:
+    ``pause_reading``, ``resume_reading``, ``resume_reading_if_below``. Read by the
+    writer: ``is_writing_paused``, ``writable()``, ``is_connection_lost``,
+    ``exception``, ``closed()``, and ``ready``, the one done future ``drain()`` returns
+    when it need not wait (awaiting a done future never suspends).
+
+    The compiled fast path reads ``is_reading_paused`` and ``is_writing_paused`` by slot
+    offset (``_fastpath.c``): keep them slots holding True or False.
+    """
+
+    __slots__ = (
+        "transport",
+        "is_reading_paused",
+        "is_writing_paused",
+        "is_connection_lost",
+        "exception",
+        "ready",
+        "read_high_water",
+        "read_low_water",
+        "_loop",
+        "_drain_waiters",
+        "_closed",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, read_limit: int) -> None:
+        self.transport: Any = None
+        self.is_reading_paused = False
+        self.is_writing_paused = False
+        self.is_connection_lost = False
+        #: Why the connection was lost (None: a clean end, or not lost).
+        self.exception: BaseException | None = None
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.ready.set_result(None)
+        self.read_high_water = 2 * read_limit
+        self.read_low_water = read_limit
+        self._loop = loop
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._closed: asyncio.Future[None] | None = None
+
+    def set_read_limit(self, limit: int) -> None:
+        """The reader's line limit changed: the reading water marks follow it."""
+        self.read_high_water = 2 * limit
+        self.read_low_water = limit
+
+    # -- reading -------------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        if not self.is_reading_paused:
+            self.is_reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.is_reading_paused = False
+        if not self.is_connection_lost:
+            self.transport.resume_reading()
+
+    def resume_reading_if_below(self, buffered: int) -> None:
+        """Resume a paused transport once ``buffered`` is down to the low-water mark."""
+        if self.is_reading_paused and buffered <= self.read_low_water:
+            self.resume_reading()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self.is_writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.is_writing_paused = False
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+
+    def writable(self) -> asyncio.Future[None]:
+        """A future done when writing resumes (or failed when the connection is lost)."""
+        waiter = self._loop.create_future()
+        self._drain_waiters.append(waiter)
+        return waiter
+
+    # -- the end -------------------------------------------------------------------------
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.is_connection_lost = True
+        if exc is not None:
+            self.exception = exc
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_exception(exc or ConnectionResetError("Connection lost"))
+        self._drain_waiters.clear()
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    def closed(self) -> asyncio.Future[None]:
+        """A future done once the connection is lost (``wait_closed``)."""
+        if self._closed is None:
+            self._closed = self._loop.create_future()
+            if self.is_connection_lost:
+                self._closed.set_result(None)
+        return self._closed
