@@ -29,6 +29,7 @@ import pytest
 
 import sockserve
 from loopback import has_ipv6_loopback
+from sockserve.cli.serving import STOP_GRACE_SECONDS
 
 #: How long the command may take to start and print its ready line (a loaded CI machine
 #: can take seconds to start Python); it only bounds a failing test.
@@ -43,6 +44,9 @@ UNRESOLVABLE_HOST = "sockserve-test.invalid"
 READY_LINE = re.compile(
     r"serving (?P<handler>\S+) on (?P<host>\[[^\]]+\]|[^\s:]+):(?P<port>\d+) \((?P<mode>\w+)\)"
 )
+#: The package source, for subprocesses when the tests run from a checkout (PYTHONPATH=src
+#: is relative to where pytest started, and the commands run in a temporary directory).
+SRC = Path(__file__).resolve().parent.parent / "src"
 #: Processes started at once to catch a signal sent the moment the ready line appears.
 SIGNAL_RACERS = 24
 
@@ -90,10 +94,11 @@ class Command:
             stderr=subprocess.PIPE,
             text=True,
             cwd=cwd,
-            env=env,
+            env=command_env() if env is None else env,
         )
         self._stdout: queue.Queue[str | None] = queue.Queue()
         self._stderr: list[str] = []
+        self._stderr_grew = threading.Condition()
         assert self.process.stdout is not None
         assert self.process.stderr is not None
         self._readers = [
@@ -113,7 +118,18 @@ class Command:
         self._stdout.put(None)
 
     def _collect(self, stream: IO[str]) -> None:
-        self._stderr.extend(stream)
+        for line in stream:
+            with self._stderr_grew:
+                self._stderr.append(line)
+                self._stderr_grew.notify_all()
+
+    def wait_for_stderr(self, text: str, timeout: float = STOP_TIMEOUT) -> None:
+        """Wait until a line containing ``text`` reaches stderr; fail the test if none does."""
+        with self._stderr_grew:
+            if not self._stderr_grew.wait_for(
+                lambda: any(text in line for line in self._stderr), timeout
+            ):
+                pytest.fail(f"{text!r} did not appear on stderr in {timeout} s")
 
     def read_line(self, timeout: float = START_TIMEOUT) -> str:
         """The next stdout line; fails the test if none comes in time or stdout ends."""
@@ -182,10 +198,19 @@ def run_to_completion(
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=env,
+        env=command_env() if env is None else env,
         timeout=START_TIMEOUT,
         check=False,
     )
+
+
+def command_env(*paths: Path, **variables: str) -> dict[str, str]:
+    """This environment, with ``paths`` and ``src`` first on PYTHONPATH, plus ``variables``."""
+    env = dict(os.environ)
+    search = [*map(str, paths), str(SRC), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, search))
+    env.update(variables)
+    return env
 
 
 def user_module_env(tmp_path: Path) -> dict[str, str]:
@@ -196,9 +221,7 @@ def user_module_env(tmp_path: Path) -> dict[str, str]:
     directory = tmp_path / "userlib"
     directory.mkdir()
     (directory / "ss_cli_upper.py").write_text(HANDLER_MODULE, encoding="utf-8")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(directory), env.get("PYTHONPATH")]))
-    return env
+    return command_env(directory)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *names: str) -> str:
@@ -352,6 +375,99 @@ def test_version_of_the_installed_script(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"sockserve {sockserve.__version__}"
+
+
+# -- stopping: a drain with a deadline, never a hang ----------------------------------
+
+#: ``--drain-timeout`` for the stopping tests: short, so they stay quick.
+DRAIN_SECONDS = 2.0
+
+
+class BusyClient:
+    """A client that keeps sending (and, if the server echoes, reading) until it fails."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.socket = socket.create_connection(address, timeout=STOP_TIMEOUT)
+        self.socket.sendall(b"busy\n")
+        assert self.socket.recv(64), "the busy client got no echo"  # it is in flight now
+        self._thread = threading.Thread(target=self._keep_busy, daemon=True)
+        self._thread.start()
+
+    def _keep_busy(self) -> None:
+        try:
+            while True:
+                self.socket.sendall(b"x" * 1024)
+                if not self.socket.recv(65536):
+                    return
+        except OSError:
+            return  # reset, closed or timed out: the server has let go of us
+
+    def close(self) -> None:
+        self.socket.close()
+        self._thread.join(STOP_TIMEOUT)
+
+
+def assert_closed_by_server(client: socket.socket) -> None:
+    """The server closed ``client``: a read gives end of stream or a reset, not a timeout."""
+    try:
+        assert client.recv(64) == b""
+    except ConnectionResetError:
+        pass
+
+
+def stop_args(mode: str, drain_seconds: float) -> list[str]:
+    return [
+        *("demo", "echo", "--port", "0", "--mode", mode),
+        *("--drain-timeout", str(drain_seconds)),
+        *(["--workers", "1"] if mode == "prefork" else []),
+    ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigterm_drains_within_the_deadline_with_idle_and_busy_clients(
+    tmp_path: Path, mode: str
+) -> None:
+    with running(stop_args(mode, DRAIN_SECONDS), tmp_path) as command:
+        _, address = command.read_ready_line()
+        busy = BusyClient(address)
+        idle = socket.create_connection(address, timeout=STOP_TIMEOUT)
+        try:
+            command.process.send_signal(signal.SIGTERM)
+            status = command.process.wait(DRAIN_SECONDS + STOP_GRACE_SECONDS)
+            assert status == 0, command.stderr()
+            assert_closed_by_server(idle)
+        finally:
+            idle.close()
+            busy.close()
+        output = command.remaining_stdout()
+        assert "sockserve: stopped" in output
+        if mode != "prefork":  # the master logs each worker's drain instead
+            assert "aborted" in output
+        assert "Traceback" not in command.stderr()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_second_signal_stops_at_once(tmp_path: Path, mode: str) -> None:
+    """TERM, then (once it is being handled) INT: the process is gone at once, status 0.
+
+    The second signal is sent only once the first one shows: Python runs the handlers of
+    signals pending together in signal-number order, so INT would come first.
+    """
+    long_drain = 60.0
+    with running([*stop_args(mode, long_drain), "-v"], tmp_path) as command:
+        _, address = command.read_ready_line()
+        busy = BusyClient(address)  # also proves a pre-fork master is supervising
+        try:
+            command.process.send_signal(signal.SIGTERM)
+            if mode == "prefork":  # the master handles TERM and logs it
+                command.wait_for_stderr("graceful stop")
+            else:
+                assert "stopping: draining" in command.read_line(STOP_TIMEOUT)
+            command.process.send_signal(signal.SIGINT)
+            assert command.process.wait(STOP_GRACE_SECONDS) == 0, command.stderr()
+        finally:
+            busy.close()
+        assert "Traceback" not in command.stderr()
 
 
 # -- mistakes: one line, exit status 2 ---------------------------------------------------

@@ -17,11 +17,11 @@ class EchoHandler(StreamRequestHandler):
 
     def handle(self) -> None:
         log.info("connection from %s", self.client_address)
-        while True:
-            data = self.request.recv(ECHO_CHUNK_BYTES)
-            if not data:
-                return
-            self.request.sendall(data)
+        try:
+            while data := self.request.recv(ECHO_CHUNK_BYTES):
+                self.request.sendall(data)
+        except ConnectionError as exc:  # the peer left, or a drain aborted us: routine
+            log.info("connection from %s ended: %s", self.client_address, exc)
 
 
 def async_echo_handler() -> type:

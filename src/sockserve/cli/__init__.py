@@ -20,16 +20,15 @@ import importlib
 import inspect
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
-from types import FrameType
 from typing import Any
 
-from . import TCPServer, ThreadingTCPServer, ThreadPoolMixIn, ThreadPoolTCPServer, __version__
-from .addresses import format_address
-from .demo import ASYNC_DEMOS, DEMOS
-from .errors import ConfigurationError, SockserveError
+from .. import TCPServer, ThreadingTCPServer, ThreadPoolMixIn, ThreadPoolTCPServer, __version__
+from ..addresses import format_address
+from ..demo import ASYNC_DEMOS, DEMOS
+from ..errors import ConfigurationError, SockserveError
+from .serving import LoopFailedError, serve_prefork, serve_until_stopped
 
 #: Exit status when the command line or the environment is wrong (argparse uses 2 too).
 EXIT_USAGE = 2
@@ -40,12 +39,20 @@ DEFAULT_PORT = 9999
 ServerFactory = Callable[[tuple[str, int], Any, argparse.Namespace], Any]
 
 
+class _DaemonThreadingTCPServer(ThreadingTCPServer):
+    daemon_threads = True  # the command bounds its stop; exit never waits on a request
+
+
+class _DaemonThreadPoolTCPServer(ThreadPoolTCPServer):
+    daemon_threads = True
+
+
 def _threading(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
-    return ThreadingTCPServer(address, handler)
+    return _DaemonThreadingTCPServer(address, handler)
 
 
 def _pool(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
-    return ThreadPoolTCPServer(address, handler, max_workers=args.threads)
+    return _DaemonThreadPoolTCPServer(address, handler, max_workers=args.threads)
 
 
 def _sync(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
@@ -53,24 +60,30 @@ def _sync(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> A
 
 
 def _forking(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
-    from . import ForkingTCPServer
+    from .. import ForkingTCPServer
 
     return ForkingTCPServer(address, handler)
 
 
 def _prefork(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
-    from .prefork import PreforkMixIn
+    from ..prefork import PreforkMixIn
 
     class PreforkThreadPoolTCPServer(PreforkMixIn, ThreadPoolMixIn, TCPServer):
         """N worker processes, each serving with a bounded pool of threads."""
 
+        daemon_threads = True
+
     return PreforkThreadPoolTCPServer(
-        address, handler, workers=args.workers, max_workers=args.threads
+        address,
+        handler,
+        workers=args.workers,
+        max_workers=args.threads,
+        graceful_timeout=args.drain_timeout,
     )
 
 
 def _async(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
-    from .aio import AsyncTCPServer
+    from ..aio import AsyncTCPServer
 
     return AsyncTCPServer(address, handler)
 
@@ -107,29 +120,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"sockserve {__version__}: serving {handler.__name__} on "
         f"{format_address(server.server_address)} ({mode}); Ctrl-C stops"
     )
-    with server:
-        _serve_until_signalled(server, ready_line)
-    print("sockserve: stopped", flush=True)
-    return 0
-
-
-def _serve_until_signalled(server: TCPServer, ready_line: str) -> None:
-    """Serve on this thread; SIGINT and SIGTERM ask the loop to stop (and are restored).
-
-    The ready line is printed only once the handlers are installed: a supervisor that
-    signals as soon as it reads that line must get a clean stop, not a traceback.
-    """
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        server.shutdown()  # called on the loop's own thread: it asks and returns
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        print(ready_line, flush=True)
-        server.serve_forever()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if mode == "prefork":
+            summary = serve_prefork(server, ready_line)
+        else:
+            summary = serve_until_stopped([server], ready_line, drain_timeout=args.drain_timeout)
+    except LoopFailedError as exc:
+        print(f"sockserve: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"sockserve: {summary.describe()}", flush=True)
+    return 0
 
 
 def _is_async_handler(handler: Any) -> bool:
@@ -189,6 +189,13 @@ def _parser() -> argparse.ArgumentParser:
             type=_positive_int,
             default=None,
             help="threads per process in pool and prefork modes (default: 64)",
+        )
+        sub.add_argument(
+            "--drain-timeout",
+            type=float,
+            default=30.0,
+            metavar="SECONDS",
+            help="on SIGINT/SIGTERM, how long in-flight connections may finish (%(default)s)",
         )
         sub.add_argument("-v", "--verbose", action="store_true", help="log each connection")
     return parser
