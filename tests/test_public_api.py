@@ -532,7 +532,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("aio",),
     ("",),  # the package's __init__
     ("testing", "pytest_plugin", "demo"),
-    ("cli", "__main__"),
+    ("cli", "cli.*", "__main__"),
 ]
 
 #: Dispatch strategies run callables; they never touch a socket.

@@ -1,208 +1,177 @@
-"""The ``sockserve`` command: the only module that reads argv, owns signals and exits.
+"""The ``sockserve`` command: the only code that reads argv, owns signals and exits.
 
-``sockserve demo echo [--host H] [--port P] [--mode M]`` serves the demo echo handler.
-``sockserve serve MODULE:HANDLER [--host H] [--port P] [--mode M]`` serves your handler.
+``sockserve demo NAME`` serves a built-in demo; ``sockserve serve TARGET`` serves your
+handler class (or the server your factory builds). Where the parts live:
 
-Modes: ``threading`` (a thread per connection), ``pool`` (``--threads`` long-lived
-threads), ``prefork`` (``--workers`` processes, each with a pool of ``--threads``),
-``forking`` (a process per connection), ``sync`` (one at a time) and ``async`` (one event
-loop; the handler's ``handle`` is ``async def``). Without ``--mode``, an async handler
-runs in ``async`` mode and any other in ``threading`` mode.
+- ``options.py``: the option table (one row per setting);
+- ``config.py``: command line > environment > config file > default;
+- ``binds.py``: ``--bind`` forms; ``targets.py``: what TARGET names;
+- ``build.py``: which server class, the rules on combinations, binding;
+- ``privileges.py``, ``logs.py``: ``--user``/``--group``, ``--log-*``;
+- ``serving.py``: serving until a signal, and the drain with a deadline.
 
-Errors a user can fix (a port in use, a bad address, a handler that cannot be found)
-print one line to stderr and exit with status 2; no traceback.
+Exit status: 0 after a stop by signal; 2 for a mistake the user can fix (one line on
+stderr, ``sockserve: error: ...``, no traceback); 1 if serving failed once started (a
+serve loop raised, a pre-fork worker failed to boot).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
-import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
-from .. import TCPServer, ThreadingTCPServer, ThreadPoolMixIn, ThreadPoolTCPServer, __version__
-from ..addresses import format_address
+from .. import __version__
 from ..demo import ASYNC_DEMOS, DEMOS
-from ..errors import ConfigurationError, SockserveError
-from .serving import LoopFailedError, serve_prefork, serve_until_stopped
+from ..errors import SockserveError
+from . import build, logs, privileges
+from .binds import describe
+from .config import merge, render_toml
+from .options import OPTIONS
+from .serving import STOP_GRACE_SECONDS, LoopFailedError, serve_prefork, serve_until_stopped
+from .targets import Target, load_target
 
-#: Exit status when the command line or the environment is wrong (argparse uses 2 too).
+#: Exit status for a mistake in the command line, environment or config (argparse's too).
 EXIT_USAGE = 2
+#: Exit status when a serve loop failed by itself.
+EXIT_FAILED = 1
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9999
+EXAMPLES = f"""\
+examples:
+  sockserve demo echo                                 echo on 127.0.0.1:9999
+  sockserve demo chargen --port 0 --mode async        any free port, one event loop
+  sockserve serve myapp:Handler --bind tcp://0.0.0.0:8000 --bind unix:/run/my.sock
+  sockserve serve ./handlers.py:Upper --mode prefork --workers 4 --threads 16
+  sockserve serve myapp:make_server --bind fd://3     a factory, an inherited socket
+  SOCKSERVE_DRAIN_TIMEOUT=5 sockserve serve myapp:Handler --config sockserve.toml
+  sockserve serve myapp:Handler --config sockserve.toml --print-config
 
-ServerFactory = Callable[[tuple[str, int], Any, argparse.Namespace], Any]
-
-
-class _DaemonThreadingTCPServer(ThreadingTCPServer):
-    daemon_threads = True  # the command bounds its stop; exit never waits on a request
-
-
-class _DaemonThreadPoolTCPServer(ThreadPoolTCPServer):
-    daemon_threads = True
-
-
-def _threading(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
-    return _DaemonThreadingTCPServer(address, handler)
-
-
-def _pool(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
-    return _DaemonThreadPoolTCPServer(address, handler, max_workers=args.threads)
+SIGINT or SIGTERM drains (--drain-timeout), a second one stops at once; the process
+is gone within the drain timeout plus {STOP_GRACE_SECONDS:g} s. Settings: command line >
+SOCKSERVE_<OPTION> > --config FILE (TOML, keys as the long options) > default.
+Exit status: 0 stopped by a signal, 1 a serve loop failed, 2 a usage mistake.
+"""
 
 
-def _sync(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
-    return TCPServer(address, handler)
+class UsageError(SockserveError):
+    """The command line cannot be parsed (argparse's complaint, as one line)."""
 
 
-def _forking(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
-    from .. import ForkingTCPServer
-
-    return ForkingTCPServer(address, handler)
-
-
-def _prefork(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
-    from ..prefork import PreforkMixIn
-
-    class PreforkThreadPoolTCPServer(PreforkMixIn, ThreadPoolMixIn, TCPServer):
-        """N worker processes, each serving with a bounded pool of threads."""
-
-        daemon_threads = True
-
-    return PreforkThreadPoolTCPServer(
-        address,
-        handler,
-        workers=args.workers,
-        max_workers=args.threads,
-        graceful_timeout=args.drain_timeout,
-    )
-
-
-def _async(address: tuple[str, int], handler: Any, args: argparse.Namespace) -> Any:
-    from ..aio import AsyncTCPServer
-
-    return AsyncTCPServer(address, handler)
-
-
-MODES: dict[str, ServerFactory] = {
-    "threading": _threading,
-    "pool": _pool,
-    "sync": _sync,
-    "async": _async,
-}
-if hasattr(os, "fork"):
-    MODES["forking"] = _forking
-    MODES["prefork"] = _prefork
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see sockserve --help)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
-        if args.command == "demo":
-            handler = ASYNC_DEMOS[args.name]() if args.mode == "async" else DEMOS[args.name]
-        else:
-            handler = _load_handler(args.target)
-        mode = args.mode or ("async" if _is_async_handler(handler) else "threading")
-        _check_handler_fits_mode(handler, mode)
-        server = MODES[mode]((args.host, args.port), handler, args)
-    except (SockserveError, OSError, ValueError, LookupError, ImportError) as exc:
+        return _run(_parser().parse_args(argv))
+    except (SockserveError, OSError, ValueError) as exc:
         print(f"sockserve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    given = {o.name: getattr(args, o.key) for o in OPTIONS if hasattr(args, o.key)}
+    settings = merge(given, os.environ, args.config)
+    for warning in settings.warnings:
+        print(f"sockserve: warning: {warning}", file=sys.stderr)
+    if args.print_config:
+        print(render_toml(settings))
+        return 0
+    logs.configure(settings["log-level"], settings["log-format"])
+    if args.command == "demo":
+        mode = settings["mode"]
+        demo = ASYNC_DEMOS[args.name]() if mode == "async" else DEMOS[args.name]
+        target = Target(demo, f"demo {args.name}")
+    else:
+        target = load_target(args.target)
+    plan = build.plan(target, settings)
+    identity = privileges.resolve(settings["user"], settings["group"])
+    servers = build.open_servers(plan)
+    try:
+        if identity is not None:
+            privileges.switch_to(identity)
+    except BaseException:
+        for server in servers:
+            server.server_close()
+        raise
+    mode = type(servers[0]).__name__ if plan.mode == "factory" else plan.mode
     ready_line = (
-        f"sockserve {__version__}: serving {handler.__name__} on "
-        f"{format_address(server.server_address)} ({mode}); Ctrl-C stops"
+        f"sockserve {__version__}: serving {target.name} on "
+        f"{', '.join(describe(server) for server in servers)} ({mode}); Ctrl-C stops"
     )
     try:
-        if mode == "prefork":
-            summary = serve_prefork(server, ready_line)
+        if hasattr(servers[0], "worker_pids"):  # a pre-fork master: one bind (build.RULES)
+            summary = serve_prefork(servers[0], ready_line)
         else:
-            summary = serve_until_stopped([server], ready_line, drain_timeout=args.drain_timeout)
-    except LoopFailedError as exc:
+            summary = serve_until_stopped(
+                servers, ready_line, drain_timeout=settings["drain-timeout"]
+            )
+    except (LoopFailedError, SockserveError) as exc:  # e.g. a pre-fork worker failed to boot
         print(f"sockserve: error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"sockserve: {summary.describe()}", flush=True)
     return 0
 
 
-def _is_async_handler(handler: Any) -> bool:
-    return inspect.iscoroutinefunction(getattr(handler, "handle", None))
-
-
-def _check_handler_fits_mode(handler: Any, mode: str) -> None:
-    if _is_async_handler(handler) and mode != "async":
-        raise ConfigurationError(
-            f"{handler.__name__}.handle is async def: serve it with --mode async"
-        )
-    if mode == "async" and not _is_async_handler(handler):
-        raise ConfigurationError(
-            f"--mode async needs a handler whose handle is async def; "
-            f"{handler.__name__}.handle is not"
-        )
-
-
-def _load_handler(target: str) -> Any:
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        raise ValueError(f"handler must be given as MODULE:NAME, got {target!r}")
-    module = importlib.import_module(module_name)
-    try:
-        return getattr(module, attribute)
-    except AttributeError:
-        raise LookupError(f"module {module_name!r} has no attribute {attribute!r}") from None
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sockserve", description="Serve a socketserver-style request handler."
+    parser = _Parser(
+        prog="sockserve",
+        description="Serve a socketserver-style request handler.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"sockserve {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run a built-in demo service")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo",
+        help="run a built-in demo service",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     demo.add_argument("name", choices=sorted(DEMOS), help="which demo")
-    serve = commands.add_parser("serve", help="serve MODULE:HANDLER")
-    serve.add_argument("target", help="request handler class, as MODULE:NAME")
+    serve = commands.add_parser(
+        "serve",
+        help="serve TARGET: MODULE:NAME or PATH.py:NAME",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "target", help="a request handler class, or a server factory: MODULE:NAME or PATH.py:NAME"
+    )
     for sub in (demo, serve):
-        sub.add_argument("--host", default=DEFAULT_HOST, help="address to bind (%(default)s)")
-        sub.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (%(default)s)")
-        sub.add_argument(
-            "--mode",
-            choices=sorted(MODES),
-            default=None,
-            help="concurrency (default: async for an async handler, else threading)",
-        )
-        sub.add_argument(
-            "--workers",
-            type=_positive_int,
-            default=None,
-            help="processes in prefork mode (default: the usable CPUs)",
-        )
-        sub.add_argument(
-            "--threads",
-            type=_positive_int,
-            default=None,
-            help="threads per process in pool and prefork modes (default: 64)",
-        )
-        sub.add_argument(
-            "--drain-timeout",
-            type=float,
-            default=30.0,
-            metavar="SECONDS",
-            help="on SIGINT/SIGTERM, how long in-flight connections may finish (%(default)s)",
-        )
-        sub.add_argument("-v", "--verbose", action="store_true", help="log each connection")
+        _add_options(sub)
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    for option in OPTIONS:
+        default = "" if option.default in (None, []) else f" (default: {option.default})"
+        unset = f" (default: {option.unset})" if option.unset else ""
+        kwargs: dict[str, Any] = {
+            "dest": option.key,
+            "default": argparse.SUPPRESS,
+            "metavar": option.metavar or option.name.split("-")[-1].upper(),
+            "help": option.help + (unset or default),
+        }
+        if option.many:
+            kwargs["action"] = "append"
+        parser.add_argument(option.flag, **kwargs)
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        dest="log_level",
+        action="store_const",
+        const="info",
+        default=argparse.SUPPRESS,
+        help="the same as --log-level info (logs each connection)",
+    )
+    parser.add_argument("--config", metavar="FILE", help="a TOML file of settings")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the merged settings (TOML) and exit"
+    )
+
+
+__all__ = ["main"]
