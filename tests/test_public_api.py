@@ -554,7 +554,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("aio",),
     ("",),  # the package's __init__
     ("testing", "testing.*", "pytest_plugin", "demo"),
-    ("cli", "__main__"),
+    ("cli", "cli.*", "__main__"),
 ]
 
 #: Dispatch strategies run callables; they never touch a socket.
