@@ -244,16 +244,17 @@ class BaseServer:
 
         ``drain_timeout``: the caller will drain after the loop returns (the synchronous
         loop leaves in-flight requests running); the async mode starts its drain here,
-        on its loop, since its requests end with the loop. On a loop's own thread (a
-        signal handler) this is ``shutdown()``, which only asks there, so an override
-        of ``shutdown`` still sees every stop.
+        on its loop, since its requests end with the loop. Where ``shutdown()`` would
+        not wait (on a loop's own thread, in a signal handler, or with no loop running)
+        this is ``shutdown()``, so an override of ``shutdown`` still sees the stop.
         """
         if drain_timeout is not None:
             self._core.begin_draining()  # what finishes from now on counts as drained
-        if self._serve_loop.is_loop_thread():
-            self.shutdown()
+        loop = self._serve_loop
+        if loop.is_running and not loop.is_loop_thread():
+            loop.ask_to_stop(self)  # shutdown() would wait here
         else:
-            self._serve_loop.ask_to_stop(self)
+            self.shutdown()
 
     def service_actions(self) -> None:
         """Called once per loop turn; override for periodic work."""
