@@ -142,7 +142,10 @@ def test_a_peer_outside_trusted_proxies_is_refused(
     server = proxy_server(harness, loop, log, trusted_proxies=["192.0.2.0/24"])
     with serve_in_thread(server, stop_timeout=STOP_TIMEOUT):
         with harness.connect(server) as client:
-            client.send(encode_v2(CLIENT, SERVICE) + FIRST_LINE)
+            try:  # refused at accept: the close may overtake what we send
+                client.send(encode_v2(CLIENT, SERVICE) + FIRST_LINE)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
             assert_closed_without_a_reply(client)
         wait_for_rejected(server, kind, {"proxy_untrusted": 1})
     assert "handle" not in log.names()
