@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import select
 import socket
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -460,3 +461,20 @@ def test_the_proxy_prelude_runs_first_whatever_was_added_before() -> None:
         kinds = [type(prelude).__name__ for prelude in server._core.preludes]
         assert kinds == ["ProxyHeaderPrelude", "Greeting", "Greeting", "LastPrelude"]
         assert server._core.preludes[2] is late_greeting  # equal order: as added
+
+
+def test_handle_request_reads_the_header_too() -> None:
+    """``handle_request()`` serves one connection, its preludes run on the spot."""
+    with sockserve.TCPServer(
+        ("127.0.0.1", 0), EchoAddress, proxy_protocol="v1", trusted_proxies=["127.0.0.1"]
+    ) as server:
+        server.timeout = CLIENT_TIMEOUT
+        with socket.create_connection(server.server_address, CLIENT_TIMEOUT) as client:
+            send = encode_v1(CLIENT, SERVICE) + b" one\n"
+            client.sendall(send[:10])  # the rest in a second segment
+            done = threading.Thread(target=server.handle_request)
+            done.start()
+            client.sendall(send[10:])
+            assert client.makefile("rb").readline() == b"192.0.2.1:56324 one\n"
+            done.join(CLIENT_TIMEOUT)
+            assert not done.is_alive()
