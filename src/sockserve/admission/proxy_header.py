@@ -41,7 +41,6 @@ from ..access import NetworkList, is_ip_client
 from ..errors import ConfigurationError, ProxyHeaderError
 from ..proxy_protocol import (
     V1_MAX_LINE_BYTES,
-    V2_DEFAULT_MAX_BYTES,
     V2_FIXED_BYTES,
     V2_SIGNATURE,
     ProxyHeader,
@@ -127,7 +126,10 @@ class ProxyHeaderRun:
                         "proxy_truncated",
                         f"closed after {len(buffer)} bytes of a PROXY header",
                     )
-                buffer += sock.recv(self._header_part(peeked))
+                take = self._header_part(peeked)
+                if take <= 0:  # the parser's contract says never; a loop here would spin
+                    raise Refused("proxy_bad_header", "no progress reading a PROXY header")
+                buffer += sock.recv(take)
             except BlockingIOError:
                 return WANT_READ
             except OSError as exc:
@@ -238,7 +240,6 @@ __all__ = [
     "DEFAULT_PROXY_HEADER_TIMEOUT",
     "PROXY_PROTOCOL_CHOICES",
     "PROXY_SETTINGS",
-    "V2_DEFAULT_MAX_BYTES",
     "ProxyHeaderPrelude",
     "ProxyHeaderRun",
     "TrustedProxies",
