@@ -28,6 +28,7 @@ from types import ModuleType
 import pytest
 
 from sockserve import TCPServer
+from sockserve.proxy_protocol import encode_v1
 from sockserve.testing import serve_in_thread
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -36,6 +37,7 @@ LOOPBACK = "127.0.0.1"
 DEADLINE = 10.0
 
 ALL_EXAMPLES = [
+    "behind_proxy",
     "echo_forking",
     "echo_lifecycle",
     "echo_simple",
@@ -205,6 +207,35 @@ def test_echo_simple_handler_echoes_a_message_larger_than_one_recv() -> None:
     with serve_in_thread(TCPServer((LOOPBACK, 0), example.EchoHandler)) as server:
         assert example.echo(server.server_address, message) == message
         assert example.echo(server.server_address, b"") == b""
+
+
+def test_behind_proxy_greets_the_client_the_header_names(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_main("behind_proxy", capsys) == [
+        "hello 203.0.113.7:51000 (PROXY v1, id -): over v1",
+        "hello 203.0.113.7:51000 (PROXY v2, id req-42): over v2",
+        "''",
+        "refused: {'proxy_bad_signature': 1}",
+    ]
+
+
+def test_behind_proxy_serve_mode_takes_headers_from_trusted_proxies_only() -> None:
+    header = encode_v1(("192.0.2.5", 4242), ("192.0.2.6", 80))
+    with serving("behind_proxy", "--trusted-proxy", "127.0.0.1") as (proc, address):
+        reply = tcp_exchange(address, header + b"hi\n")
+        assert reply == b"hello 192.0.2.5:4242 (PROXY v1, id -): hi\n"
+        status, stderr = stop(proc)
+    assert status == 0, stderr
+    with serving("behind_proxy", "--trusted-proxy", "192.0.2.0/24") as (proc, address):
+        with socket.create_connection(address, timeout=DEADLINE) as sock:
+            try:  # refused at accept, before it reads a byte: an end of stream or a reset
+                sock.sendall(header + b"hi\n")
+                assert sock.recv(64) == b""  # 127.0.0.1 is not trusted
+            except (ConnectionResetError, BrokenPipeError):
+                pass
+        status, stderr = stop(proc)
+    assert status == 0, stderr
 
 
 LIFECYCLE_LINE = re.compile(r"(server|handler): (\w+(?: returned)?)")

@@ -12,6 +12,10 @@ The async mode has an optional compiled fast path (src/sockserve/aio/_fastpath.c
 when the project is installed and a C compiler is there). With no pytest arguments, each
 interpreter also runs the async tests once more with it switched off
 (``SOCKSERVE_PURE_PYTHON=1``), so both paths are checked everywhere.
+
+Real components some tests drive: ``haproxy`` (tests/test_haproxy_interop.py; Debian
+package ``haproxy``, installed by ``.ci/run``, or by the test itself when it runs as
+root with apt-get; otherwise that test skips and prints why).
 """
 
 from __future__ import annotations

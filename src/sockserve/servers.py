@@ -27,14 +27,17 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Self, cast
 
+from .access import NetworkList
 from .addresses import format_address
 from .admission.checks import AdmissionCheck, UnmapIPv4
 from .admission.limits import OVERLOAD_POLICIES
 from .admission.preludes import DEFAULT_MAX_PENDING_PRELUDES, Prelude
+from .admission.proxy_header import DEFAULT_PROXY_HEADER_TIMEOUT, proxy_protocol_setup
 from .errors import ConfigurationError, HandlerClassError
 from .handler_errors import peer_fault_kind
 from .listeners import bind_socket, listen_socket
 from .metrics import DrainReport, ServerStats
+from .proxy_protocol import V2_DEFAULT_MAX_BYTES
 from .serving.core import ServingCore
 from .serving.selector_loop import ServeLoop, Server
 from .sockets import (
@@ -90,6 +93,11 @@ class BaseServer:
       order ``admission/checks.py`` writes down, in every mode.
     - ``draining``: True once ``drain()`` began; a handler may end a keep-alive
       connection early.
+    - Behind a proxy (stream servers): ``proxy_protocol`` (None, ``"v1"``, ``"v2"``,
+      ``"any"``), ``trusted_proxies`` (CIDRs; required for IP servers),
+      ``proxy_header_timeout``, ``proxy_header_max``, as attributes or keywords; the
+      handler sees the real client as ``client_address`` and the header as
+      ``self.proxy``. See docs/behind-a-proxy.md.
 
     Class attributes: ``timeout``, ``address_family``, ``socket_type``,
     ``allow_reuse_address``, ``allow_reuse_port``; and sockserve's ``max_connections``
@@ -111,6 +119,11 @@ class BaseServer:
     #: Connections that may be in their preludes at once; past it the loop stops
     #: accepting until one finishes (stalled clients cannot exhaust descriptors).
     max_pending_preludes: int = DEFAULT_MAX_PENDING_PRELUDES
+    #: The PROXY protocol (``admission/proxy_header.py``).
+    proxy_protocol: str | None = None
+    trusted_proxies: NetworkList | Sequence[str] | None = None
+    proxy_header_timeout: float = DEFAULT_PROXY_HEADER_TIMEOUT
+    proxy_header_max: int = V2_DEFAULT_MAX_BYTES
     #: Whether the dispatcher runs requests off the loop's thread (the mixins say yes);
     #: only then does ``drain`` serve the connections the kernel had already queued.
     _dispatches_off_loop = False
@@ -125,6 +138,10 @@ class BaseServer:
         *,
         max_connections: int | None = None,
         overload_policy: str | None = None,
+        proxy_protocol: str | None = None,
+        trusted_proxies: NetworkList | Sequence[str] | None = None,
+        proxy_header_timeout: float | None = None,
+        proxy_header_max: int | None = None,
     ) -> None:
         if not callable(RequestHandlerClass):
             raise HandlerClassError(
@@ -147,6 +164,16 @@ class BaseServer:
         if overload_policy is not None:
             self.overload_policy = overload_policy
         self._check_settings()
+        proxy = proxy_protocol_setup(
+            self,
+            proxy_protocol=proxy_protocol,
+            trusted_proxies=trusted_proxies,
+            proxy_header_timeout=proxy_header_timeout,
+            proxy_header_max=proxy_header_max,
+        )
+        if proxy is not None:  # the trusted-proxy check and the header prelude
+            self._core.add_check(proxy[0])
+            self._core.add_prelude(proxy[1])
 
     def _check_settings(self) -> None:
         """Refuse nonsensical settings at construction; mixins extend this."""
@@ -358,6 +385,10 @@ class TCPServer(BaseServer):
         dual_stack: bool | None = None,
         max_connections: int | None = None,
         overload_policy: str | None = None,
+        proxy_protocol: str | None = None,
+        trusted_proxies: NetworkList | Sequence[str] | None = None,
+        proxy_header_timeout: float | None = None,
+        proxy_header_max: int | None = None,
     ) -> None:
         BaseServer.__init__(
             self,
@@ -365,6 +396,10 @@ class TCPServer(BaseServer):
             RequestHandlerClass,
             max_connections=max_connections,
             overload_policy=overload_policy,
+            proxy_protocol=proxy_protocol,
+            trusted_proxies=trusted_proxies,
+            proxy_header_timeout=proxy_header_timeout,
+            proxy_header_max=proxy_header_max,
         )
         if dual_stack is not None:
             self.dual_stack = dual_stack

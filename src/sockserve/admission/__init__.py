@@ -3,7 +3,8 @@
 * ``checks.py``: admission checks, instant decisions made in the accept loop (the peer,
   then the client after the preludes), and ``Refused``.
 * ``preludes.py``: what the client must send first (a PROXY header, a TLS handshake),
-  driven without blocking by the loop that owns the socket.
+  driven without blocking by the loop that owns the socket, and their order.
+* ``proxy_header.py``: the PROXY protocol's trusted-proxy check and header prelude.
 * ``limits.py``: the connection limiter and each admitted request's ``Ticket``.
 
 ``serving/core.py`` runs them in the order ``checks.py`` writes down.
@@ -11,9 +12,22 @@
 
 from .checks import AdmissionCheck, Judged, Refused, ReleasingCheck, UnmapIPv4
 from .limits import ConnectionLimiter, Ticket
-from .preludes import WANT_READ, WANT_WRITE, Prelude, PreludeDone, PreludeRun
+from .preludes import (
+    ORDER_DEFAULT,
+    ORDER_FIRST,
+    ORDER_LAST,
+    WANT_READ,
+    WANT_WRITE,
+    Prelude,
+    PreludeDone,
+    PreludeRun,
+)
+from .proxy_header import ProxyHeaderPrelude, TrustedProxies
 
 __all__ = [
+    "ORDER_DEFAULT",
+    "ORDER_FIRST",
+    "ORDER_LAST",
     "WANT_READ",
     "WANT_WRITE",
     "AdmissionCheck",
@@ -22,8 +36,10 @@ __all__ = [
     "Prelude",
     "PreludeDone",
     "PreludeRun",
+    "ProxyHeaderPrelude",
     "Refused",
     "ReleasingCheck",
     "Ticket",
+    "TrustedProxies",
     "UnmapIPv4",
 ]

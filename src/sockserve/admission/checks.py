@@ -16,8 +16,14 @@ Every check declares what it judges (``judges``):
 
 The whole order, written once (``serving/core.py`` runs it):
 
-    accept → peer checks → preludes (PROXY header, TLS handshake) → client checks →
-    capacity (max_connections / pool) → verify_request → process_request → handler
+    accept → peer checks (trusted proxies) → preludes (PROXY header, then users'
+    preludes, then the TLS handshake: ``preludes.py``) → client checks (allow/deny
+    lists, per-client limits) → capacity (max_connections / pool) → verify_request →
+    process_request → handler
+
+Behind a proxy, everything from the client checks on (``verify_request`` and the
+handler too) sees the real client the PROXY header named, not the proxy: the peer
+checks are the only ones that judge the proxy itself.
 
 A check may also hold something per admitted connection (a per-client count): if it has
 a ``release(client_address)`` method, the core calls it when that connection's work is

@@ -15,10 +15,17 @@ Who drives it: the selector loop of the synchronous modes (``serving/preludes.py
 the event loop of the async mode, each from its own readiness events, so a stalled
 client costs a registered socket, not a worker thread or a process. Each prelude has a
 ``timeout``; past it the connection is refused with reason ``"<name>_timeout"``.
-Preludes run in order (a PROXY header precedes the TLS ClientHello on the wire), and
-the next one starts with what the previous one returned. Connections in preludes count
-against their own bound (``max_pending_preludes`` on the server), so stalled clients
-cannot exhaust descriptors.
+The next prelude starts with what the previous one returned. Connections in preludes
+count against their own bound (``max_pending_preludes`` on the server), so stalled
+clients cannot exhaust descriptors.
+
+Order among preludes, the rule every prelude follows: a prelude may have an ``order``
+(default ``ORDER_DEFAULT``); lower runs first, equal ones in the order they were added
+(``ServingCore.add_prelude`` keeps the list sorted so). The wire decides: the PROXY
+header precedes everything the client sends, so its prelude
+(``admission/proxy_header.py``) has ``ORDER_FIRST``; a TLS handshake wraps everything
+after it, so its prelude takes ``ORDER_LAST``; a user's prelude reads plain bytes
+between the two.
 
 ``drive_blocking`` runs a whole sequence on one socket with a deadline: for
 ``handle_request()``, which serves exactly one connection anyway.
@@ -36,6 +43,11 @@ from .checks import Refused
 
 WANT_READ: Final = "read"
 WANT_WRITE: Final = "write"
+
+#: ``order`` values (see the module docstring): the PROXY header, other preludes, TLS.
+ORDER_FIRST: Final = 0
+ORDER_DEFAULT: Final = 50
+ORDER_LAST: Final = 100
 
 #: Connections in preludes at once, per server: far above what a busy service has in
 #: handshakes at any instant, far below a descriptor limit of 65,536.
@@ -71,6 +83,12 @@ class Prelude(Protocol):
     timeout: float
 
     def start(self, request: Any, client_address: Any) -> PreludeRun: ...
+
+
+def prelude_order(prelude: Prelude) -> int:
+    """Where ``prelude`` runs among the others: its ``order``, else ``ORDER_DEFAULT``."""
+    order: int = getattr(prelude, "order", ORDER_DEFAULT)
+    return order
 
 
 def timeout_reason(prelude: Prelude) -> str:

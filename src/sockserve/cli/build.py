@@ -87,6 +87,33 @@ RULES: list[Rule] = [
         ),
     ),
     (
+        lambda p: p.target.is_factory and p.settings.given("proxy-protocol"),
+        lambda p: (
+            f"{p.target.text} is a server factory: set proxy_protocol and trusted_proxies "
+            "on the server it builds, not with --proxy-protocol"
+        ),
+    ),
+    (
+        lambda p: (
+            p.settings.given("proxy-protocol")
+            and not p.settings["trusted-proxy"]
+            and not all(b.transport == "unix" for b in p.binds)
+        ),
+        lambda p: (
+            "--proxy-protocol needs --trusted-proxy CIDR (repeatable): the networks of the "
+            "proxies that may send the header; from anyone else it would let a client "
+            "choose its own address"
+        ),
+    ),
+    (
+        lambda p: bool(p.settings["trusted-proxy"]) and not p.settings.given("proxy-protocol"),
+        lambda p: "--trusted-proxy applies with --proxy-protocol only",
+    ),
+    (
+        lambda p: p.settings.given("proxy-protocol") and any(b.transport == "udp" for b in p.binds),
+        lambda p: "--proxy-protocol applies to stream binds (tcp, unix), not udp://",
+    ),
+    (
         lambda p: p.mode in ("forking", "prefork") and not hasattr(os, "fork"),
         lambda p: f"--mode {p.mode} needs os.fork(), which this platform does not have",
     ),
@@ -219,6 +246,9 @@ def _server_class(mode: str, transport: str, is_async: bool) -> type:
 def _keywords(plan: Plan) -> dict[str, Any]:
     settings = plan.settings
     keywords: dict[str, Any] = {"max_connections": settings["max-connections"]}
+    if settings["proxy-protocol"] is not None:
+        keywords["proxy_protocol"] = settings["proxy-protocol"]
+        keywords["trusted_proxies"] = settings["trusted-proxy"] or None
     if plan.mode in ("pool", "prefork") and settings["threads"] is not None:
         keywords["max_workers"] = settings["threads"]
     if plan.mode == "prefork":

@@ -14,12 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..access import NetworkList
+from ..errors import ConfigurationError
 from .binds import Bind, BindSyntaxError
 
 #: Concurrency modes; ``auto`` picks async for an ``async def handle``, else threading.
 MODES = ("auto", "threading", "pool", "prefork", "forking", "sync", "async")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+PROXY_VERSIONS = ("v1", "v2", "any")
 #: Environment variables read elsewhere in sockserve: known, so no "unknown" warning.
 OTHER_ENVIRONMENT = frozenset({"SOCKSERVE_PURE_PYTHON"})  # aio/fastpath.py
 ENV_PREFIX = "SOCKSERVE_"
@@ -139,6 +142,15 @@ def name(text: str) -> str:
     return text.strip()
 
 
+def network(text: str) -> str:
+    """A CIDR network (``10.0.0.0/8``) or one address (a /32 or /128), checked now."""
+    try:
+        NetworkList.parse([text], setting="network")
+    except ConfigurationError as exc:
+        raise OptionValueError(str(exc).removeprefix("network: ")) from None
+    return text.strip()
+
+
 def bind(text: str) -> Bind:
     try:
         return Bind.parse(text)
@@ -195,6 +207,24 @@ OPTIONS: Sequence[Option] = (
         seconds,
         30.0,
         "SECONDS",
+    ),
+    Option(
+        "proxy-protocol",
+        "every connection starts with a PROXY protocol header: "
+        + ", ".join(PROXY_VERSIONS)
+        + " (needs --trusted-proxy)",
+        choice(*PROXY_VERSIONS),
+        None,
+        "VERSION",
+        unset="off",
+    ),
+    Option(
+        "trusted-proxy",
+        "a network (CIDR) whose peers may send PROXY headers; repeat for several",
+        network,
+        default=[],
+        metavar="CIDR",
+        many=True,
     ),
     Option("log-level", "one of " + ", ".join(LOG_LEVELS), choice(*LOG_LEVELS), "warning"),
     Option("log-format", "text, or json (one object per line)", choice(*LOG_FORMATS), "text"),

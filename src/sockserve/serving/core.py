@@ -25,6 +25,7 @@ refused connection is closed here (after ``handle_overload`` for an overload ref
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 from collections import Counter
@@ -34,7 +35,7 @@ from typing import Any
 from ..addresses import format_address
 from ..admission.checks import AdmissionCheck, Refused, check_judges
 from ..admission.limits import ConnectionLimiter, Ticket, untracked_ticket
-from ..admission.preludes import Prelude
+from ..admission.preludes import Prelude, prelude_order
 from ..episodes import EpisodeLog
 from ..listeners import CAPACITY_ACCEPT_ERRNOS, TRANSIENT_ACCEPT_ERRNOS, AcceptBackoff
 from ..metrics import ServerStats
@@ -87,7 +88,8 @@ class ServingCore:
             self.client_checks.append(check)
 
     def add_prelude(self, prelude: Prelude) -> None:
-        self.preludes.append(prelude)
+        """Add ``prelude`` after those of the same ``order`` (``admission/preludes.py``)."""
+        bisect.insort_right(self.preludes, prelude, key=prelude_order)
 
     def begin_draining(self) -> int:
         """Mark the drain's start (once); the ``limiter.released`` count it counts from."""
