@@ -8,6 +8,8 @@ handler class (or the server your factory builds). Where the parts live:
 - ``binds.py``: ``--bind`` forms; ``targets.py``: what TARGET names;
 - ``build.py``: which server class, the rules on combinations, binding;
 - ``privileges.py``, ``logs.py``: ``--user``/``--group``, ``--log-*``;
+- ``activation.py``: inherited sockets (``fd://N``, systemd socket activation);
+- ``service_manager.py``: READY/STATUS/STOPPING/WATCHDOG for systemd (``NOTIFY_SOCKET``);
 - ``serving.py``: serving until a signal, and the drain with a deadline.
 
 Exit status: 0 after a stop by signal; 2 for a mistake the user can fix (one line on
@@ -27,7 +29,7 @@ from .. import __version__, errors
 from ..demo import ASYNC_DEMOS, DEMOS
 
 # Modules, not names: only what ``__all__`` lists is public here.
-from . import binds, build, config, logs, options, privileges, serving, targets
+from . import binds, build, config, logs, options, privileges, service_manager, serving, targets
 
 #: Exit status for a mistake in the command line, environment or config (argparse's too).
 EXIT_USAGE = 2
@@ -41,6 +43,7 @@ examples:
   sockserve serve myapp:Handler --bind tcp://0.0.0.0:8000 --bind unix:/run/my.sock
   sockserve serve ./handlers.py:Upper --mode prefork --workers 4 --threads 16
   sockserve serve myapp:make_server --bind fd://3     a factory, an inherited socket
+  sockserve serve myapp:Handler --bind systemd        socket activation (a .socket unit)
   SOCKSERVE_DRAIN_TIMEOUT=5 sockserve serve myapp:Handler --config sockserve.toml
   sockserve serve myapp:Handler --config sockserve.toml --print-config
 
@@ -85,6 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         target = targets.load_target(args.target)
     plan = build.plan(target, settings)
     identity = privileges.resolve(settings["user"], settings["group"])
+    manager = service_manager.ServiceManagerLink.from_environment()
     servers = build.open_servers(plan)
     try:
         if identity is not None:
@@ -98,16 +102,21 @@ def _run(args: argparse.Namespace) -> int:
         f"sockserve {__version__}: serving {target.name} on "
         f"{', '.join(binds.describe(server) for server in servers)} ({mode}); Ctrl-C stops"
     )
+    if manager is not None:
+        manager.servers = servers
     try:
         if hasattr(servers[0], "worker_pids"):  # a pre-fork master: one bind (build.RULES)
-            summary = serving.serve_prefork(servers[0], ready_line)
+            summary = serving.serve_prefork(servers[0], ready_line, manager=manager)
         else:
             summary = serving.serve_until_stopped(
-                servers, ready_line, drain_timeout=settings["drain-timeout"]
+                servers, ready_line, drain_timeout=settings["drain-timeout"], manager=manager
             )
     except (serving.LoopFailedError, errors.SockserveError) as exc:  # e.g. a worker failed to boot
         print(f"sockserve: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        if manager is not None:
+            manager.close()
     print(f"sockserve: {summary.describe()}", flush=True)
     return 0
 

@@ -30,6 +30,7 @@ from types import FrameType
 from typing import Any
 
 from ..metrics import DrainReport
+from .service_manager import ServiceManagerLink
 
 log = logging.getLogger("sockserve.cli")
 
@@ -134,9 +135,16 @@ class LoopFailedError(Exception):
 
 
 def serve_until_stopped(
-    servers: Sequence[Any], ready_line: str, *, drain_timeout: float
+    servers: Sequence[Any],
+    ready_line: str,
+    *,
+    drain_timeout: float,
+    manager: ServiceManagerLink | None = None,
 ) -> StopSummary:
-    """Serve every server until SIGINT/SIGTERM; drain them together; return how it went."""
+    """Serve every server until SIGINT/SIGTERM; drain them together; return how it went.
+
+    ``manager``: tell the service manager (``service_manager.py``) from this thread.
+    """
     events = Mailbox()
     with events, _signals_recorded(events.post, wake_fd=events.wake_fd()):
         for server in servers:
@@ -144,24 +152,36 @@ def serve_until_stopped(
                 target=_serve, args=(server, events), name="sockserve-serve", daemon=True
             ).start()
         print(ready_line, flush=True)
+        tick_interval = None if manager is None else manager.tick_interval
         while True:
-            event = events.wait()
+            if manager is not None:
+                manager.tick(is_ready=True, is_stopping=False)
+            event = events.wait(tick_interval)
             if isinstance(event, int):
                 break
             if isinstance(event, _LoopEnded):
                 _close_all_quickly(servers)
                 raise LoopFailedError(f"the serve loop failed: {event.error!r}")
-        return _stop(servers, events, drain_timeout)
+        return _stop(servers, events, drain_timeout, manager)
 
 
-def serve_prefork(server: Any, ready_line: str) -> StopSummary:
+def serve_prefork(
+    server: Any, ready_line: str, *, manager: ServiceManagerLink | None = None
+) -> StopSummary:
     """Serve a pre-fork server on this (main) thread; its master handles the signals.
 
     Until the master installs its handlers, ours call ``server.shutdown()``, which for a
     pre-fork master only sets a flag and queues a request (documented signal-safe): a
     signal that arrives the moment the ready line is out still stops it cleanly. The
     master reaps every worker before ``serve_forever`` returns, so closing is quick.
+    ``manager`` is told from the master's own loop: ready once a worker is, stopping
+    once the master is, and its watchdog pings say that loop still turns.
     """
+    if manager is not None:
+        server.add_master_task(
+            lambda: manager.tick(is_ready=server.workers_ready() > 0, is_stopping=server.draining),
+            interval=manager.tick_interval,
+        )
     with _signals_recorded(lambda signum: server.shutdown()):
         print(ready_line, flush=True)
         server.serve_forever()
@@ -179,7 +199,12 @@ def _serve(server: Any, events: Mailbox) -> None:
         events.post(_LoopEnded(server, None))
 
 
-def _stop(servers: Sequence[Any], events: Mailbox, drain_timeout: float) -> StopSummary:
+def _stop(
+    servers: Sequence[Any],
+    events: Mailbox,
+    drain_timeout: float,
+    manager: ServiceManagerLink | None,
+) -> StopSummary:
     started = time.monotonic()
     print(
         f"sockserve: stopping: draining for up to {drain_timeout:g} s "
@@ -195,8 +220,12 @@ def _stop(servers: Sequence[Any], events: Mailbox, drain_timeout: float) -> Stop
     stopper.start()
     deadline = started + drain_timeout + STOP_GRACE_SECONDS
     while True:
-        event = events.wait(deadline - time.monotonic())
-        if event is None:
+        if manager is not None:  # the watchdog still expects pings while we drain
+            manager.tick(is_ready=True, is_stopping=True)
+        remaining = deadline - time.monotonic()
+        wait = remaining if manager is None else min(remaining, manager.tick_interval)
+        event = events.wait(wait)
+        if event is None and time.monotonic() >= deadline:
             log.warning("the drain overran its deadline; stopping at once")
             reason = "the drain overran its deadline"
             break
