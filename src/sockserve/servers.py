@@ -35,6 +35,7 @@ from .errors import ConfigurationError, HandlerClassError
 from .handler_errors import peer_fault_kind
 from .listeners import bind_socket, listen_socket
 from .metrics import DrainReport, ServerStats
+from .policy import ServerPolicy, current_policy
 from .serving.core import ServingCore
 from .serving.selector_loop import ServeLoop, Server
 from .sockets import (
@@ -146,7 +147,18 @@ class BaseServer:
             self.max_connections = max_connections
         if overload_policy is not None:
             self.overload_policy = overload_policy
+        policy = current_policy()
+        if policy is not None:
+            self._apply_policy(policy)
         self._check_settings()
+        if policy is not None:
+            for configure in policy.configure:
+                configure(self)
+
+    def _apply_policy(self, policy: ServerPolicy) -> None:
+        """Take the process-wide policy's settings (``policy.py``); mixins extend this."""
+        if policy.max_connections is not None:
+            self.max_connections = policy.max_connections
 
     def _check_settings(self) -> None:
         """Refuse nonsensical settings at construction; mixins extend this."""

@@ -1,7 +1,8 @@
 """The ``sockserve`` command: the only code that reads argv, owns signals and exits.
 
 ``sockserve demo NAME`` serves a built-in demo; ``sockserve serve TARGET`` serves your
-handler class (or the server your factory builds). Where the parts live:
+handler class (or the server your factory builds); ``sockserve run -m MODULE`` runs a
+socketserver program on sockserve. Where the parts live:
 
 - ``options.py``: the option table (one row per setting);
 - ``config.py``: command line > environment > config file > default;
@@ -10,7 +11,8 @@ handler class (or the server your factory builds). Where the parts live:
 - ``privileges.py``, ``logs.py``: ``--user``/``--group``, ``--log-*``;
 - ``activation.py``: inherited sockets (``fd://N``, systemd socket activation);
 - ``service_manager.py``: READY/STATUS/STOPPING/WATCHDOG for systemd (``NOTIFY_SOCKET``);
-- ``serving.py``: serving until a signal, and the drain with a deadline.
+- ``serving.py``: serving until a signal, and the drain with a deadline;
+- ``run.py``: ``sockserve run``: a program's own servers, under ``policy.py``.
 
 Exit status: 0 after a stop by signal; 2 for a mistake the user can fix (one line on
 stderr, ``sockserve: error: ...``, no traceback); 1 if serving failed once started (a
@@ -29,7 +31,18 @@ from .. import __version__, errors
 from ..demo import ASYNC_DEMOS, DEMOS
 
 # Modules, not names: only what ``__all__`` lists is public here.
-from . import binds, build, config, logs, options, privileges, service_manager, serving, targets
+from . import (
+    binds,
+    build,
+    config,
+    logs,
+    options,
+    privileges,
+    run,
+    service_manager,
+    serving,
+    targets,
+)
 
 #: Exit status for a mistake in the command line, environment or config (argparse's too).
 EXIT_USAGE = 2
@@ -54,6 +67,21 @@ Exit status: 0 stopped by a signal, 1 a serve loop failed, 2 a usage mistake.
 """
 
 
+RUN_EXAMPLES = f"""\
+examples:
+  sockserve run --mode pool --threads 8 -m http.server 8000 --bind 127.0.0.1
+  sockserve run --max-connections 100 --drain-timeout 10 ./my_xmlrpc_service.py --port 0
+
+Every server the program builds takes the options: --mode pool --threads N runs its
+ThreadingMixIn servers on N threads. SIGTERM drains them all (--drain-timeout), then
+the program ends as it would; it is gone within the drain timeout plus
+{serving.STOP_GRACE_SECONDS:g} s. SIGINT is the program's own (KeyboardInterrupt).
+"""
+
+#: ``run`` options followed by a value (the rest of its arguments are the program's).
+_RUN_VALUE_OPTIONS = {f"--{name}" for name in run.RUN_OPTIONS} | {"--config"}
+
+
 class UsageError(errors.SockserveError):
     """The command line cannot be parsed (argparse's complaint, as one line)."""
 
@@ -64,8 +92,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _run(_parser().parse_args(argv))
+        program = None
+        if arguments[:1] == ["run"]:  # the program's own arguments are not ours to parse
+            own, program = run.split_program(arguments[1:], _RUN_VALUE_OPTIONS)
+            arguments = ["run", *own]
+        args = _parser().parse_args(arguments)
+        args.program = program
+        return _run(args)
     except (errors.SockserveError, OSError, ValueError) as exc:
         print(f"sockserve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -79,6 +114,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config.render_toml(settings))
         return 0
+    if args.command == "run":
+        if args.program is None:
+            raise UsageError("sockserve run needs -m MODULE or SCRIPT (see sockserve run --help)")
+        run.check_settings(settings)
+        logs.configure(settings["log-level"], settings["log-format"], logger="sockserve")
+        return run.run_program(args.program, settings)
     logs.configure(settings["log-level"], settings["log-format"])
     if args.command == "demo":
         mode = settings["mode"]
@@ -146,13 +187,26 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "target", help="a request handler class, or a server factory: MODULE:NAME or PATH.py:NAME"
     )
+    runner = commands.add_parser(
+        "run",
+        help="run a socketserver program on sockserve: sockserve run [OPTIONS] "
+        "(-m MODULE | SCRIPT) [ARGS...]",
+        usage="sockserve run [OPTIONS] (-m MODULE | SCRIPT) [ARGS...]",
+        description="Run a program that uses socketserver (http.server, xmlrpc.server, "
+        "your own) with sockserve in its place: no code changed.",
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for sub in (demo, serve):
         _add_options(sub)
+    _add_options(runner, only=run.RUN_OPTIONS)
     return parser
 
 
-def _add_options(parser: argparse.ArgumentParser) -> None:
+def _add_options(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
     for option in options.OPTIONS:
+        if only is not None and option.name not in only:
+            continue
         default = "" if option.default in (None, []) else f" (default: {option.default})"
         unset = f" (default: {option.unset})" if option.unset else ""
         kwargs: dict[str, Any] = {

@@ -187,6 +187,7 @@ def _open(plan: Plan, bind: Bind, inherited: socket.socket | None) -> Any:
             _adopt(server, inherited)
         elif plan.target.is_factory and bind.is_unix_path and plan.settings["unix-mode"]:
             os.chmod(server.server_address, plan.settings["unix-mode"])
+        server.daemon_threads = True  # a factory's server too: the stop stays bounded
         apply_settings(server, plan.settings)
     except BaseException:
         server.server_close()
@@ -203,7 +204,6 @@ def apply_settings(server: Any, settings: Settings) -> None:
     checks) is applied here, so both commands get it: use attributes and
     ``add_admission_check``/``add_prelude``, not the socket, which may not be bound yet.
     """
-    server.daemon_threads = True  # a factory's server too: the stop stays bounded
     if hasattr(server, "graceful_timeout"):  # a pre-fork master drains its workers
         server.graceful_timeout = settings["drain-timeout"]
 
