@@ -12,6 +12,9 @@ The async mode has an optional compiled fast path (src/sockserve/aio/_fastpath.c
 when the project is installed and a C compiler is there). With no pytest arguments, each
 interpreter also runs the async tests once more with it switched off
 (``SOCKSERVE_PURE_PYTHON=1``), so both paths are checked everywhere.
+
+Debian packages some tests use (``.ci/run`` installs them where apt-get exists and they
+are missing): ``systemd``, for ``systemd-analyze verify`` in test_deployment_docs.py.
 """
 
 from __future__ import annotations
