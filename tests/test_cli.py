@@ -112,11 +112,12 @@ class Command:
         *,
         signal_when_ready: int | None = None,
         pass_fds: tuple[int, ...] = (),
+        launcher: tuple[str, ...] = (),
     ) -> None:
         self.args = args
         self._signal_when_ready = signal_when_ready
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sockserve", *args],
+            [*launcher, sys.executable, "-m", "sockserve", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -222,8 +223,10 @@ def running(
     env: dict[str, str] | None = None,
     *,
     pass_fds: tuple[int, ...] = (),
+    launcher: tuple[str, ...] = (),
 ) -> Iterator[Command]:
-    command = Command(args, cwd, env, pass_fds=pass_fds)
+    """``launcher``: a program that execs the command (its argv follows)."""
+    command = Command(args, cwd, env, pass_fds=pass_fds, launcher=launcher)
     try:
         yield command
     finally:
@@ -852,7 +855,7 @@ BAD_SETTINGS = {
     "bad-bind": (["--bind", "tcp://127.0.0.1"], ["--bind", "tcp://127.0.0.1"]),
     "bad-bind-scheme": (["--bind", "sctp://h:1"], ["--bind", "sctp://h:1", "scheme"]),
     "bad-bind-ipv6": (["--bind", "tcp://::1:80"], ["--bind", "[HOST]:PORT"]),
-    "systemd": (["--bind", "systemd"], ["systemd", "fd://3"]),
+    "bad-systemd-name": (["--bind", "systemd:a:b"], ["systemd:a:b", "systemd:NAME"]),
     "fd-not-open": (["--bind", "fd://987"], ["fd://987"]),
     "stream-demo-on-udp": (["--bind", "udp://127.0.0.1:0"], ["udp://127.0.0.1:0", "datagram"]),
     "bad-mode": (["--mode", "fast"], ["--mode", "fast"]),

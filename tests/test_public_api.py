@@ -502,7 +502,7 @@ def test_active_children_before_and_after_a_fork() -> None:
 #: ``metrics`` are leaves anyone may import. A module missing here fails the test: a new
 #: module must be given its place.
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "addresses", "metrics", "episodes"),
+    ("errors", "addresses", "metrics", "episodes", "policy"),
     ("listeners", "sockets", "systemd"),
     # Who the peer really is and what its first bytes say: pure decisions and parsers.
     (

@@ -16,6 +16,8 @@ interpreter also runs the async tests once more with it switched off
 Real components some tests drive: ``haproxy`` (tests/test_haproxy_interop.py; Debian
 package ``haproxy``, installed by ``.ci/run``, or by the test itself when it runs as
 root with apt-get; otherwise that test skips and prints why).
+Debian packages some tests use (``.ci/run`` installs them where apt-get exists and they
+are missing): ``systemd``, for ``systemd-analyze verify`` in test_deployment_docs.py.
 """
 
 from __future__ import annotations

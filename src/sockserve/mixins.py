@@ -14,6 +14,7 @@ from typing import Any
 
 from .dispatch import ForkPerRequest, ThreadPerRequest, ThreadPool
 from .errors import ConfigurationError
+from .policy import ServerPolicy
 from .serving.job import RequestJob, outcome_of_exit, serve_and_close
 
 #: Thread-pool defaults. Each worker serves one connection at a time, so the worker count
@@ -41,16 +42,76 @@ def _replies_use_listener(server: Any) -> bool:
     return isinstance(listener, socket.socket) and listener.type == socket.SOCK_DGRAM
 
 
+def _pool_of(server: Any, size: int) -> ThreadPool:
+    pool: ThreadPool | None = vars(server).get("_thread_pool")
+    if pool is None:
+        pool = vars(server).setdefault("_thread_pool", ThreadPool(size))
+    return pool
+
+
+def _submit_to_pool(server: Any, pool: ThreadPool, request: Any, client_address: Any) -> None:
+    """Queue the request for the next free worker.
+
+    The worker serves, and closes only once it counts as idle again: the close lets
+    the client send its next connection, which should find the worker free.
+    """
+    job = _claim(server, request, client_address)
+    try:
+        pool.submit(
+            partial(job.serve, close=False),
+            daemon=server.daemon_threads,
+            then=job.close_and_finish,
+        )
+    except BaseException:
+        job.finish()
+        raise
+
+
+def _pool_stats(server: Any) -> tuple[int, int]:
+    pool: ThreadPool | None = vars(server).get("_thread_pool")
+    return (0, 0) if pool is None else (pool.queue_depth, pool.workers_alive)
+
+
+def _close_pool(server: Any) -> None:
+    pool: ThreadPool | None = vars(server).get("_thread_pool")
+    if pool is not None:
+        pool.close(wait=server.block_on_close and not server.daemon_threads)
+
+
+def _pooled_capacity(limit: int | None, what: str, pool_capacity: int) -> tuple[int | None, str]:
+    if limit is None or pool_capacity < limit:
+        return pool_capacity, "pool_full"
+    return limit, what
+
+
 class ThreadingMixIn:
     """Serve each request on a new thread.
 
     ``daemon_threads``: threads do not keep the process alive (and are not waited for).
     ``block_on_close``: ``server_close()`` waits for the non-daemon request threads.
-    Bookkeeping holds live threads only; nothing bounds how many run at once.
+    Bookkeeping holds live threads only; nothing bounds how many run at once, unless
+    ``max_threads`` (sockserve's; default None) is set: then requests run on a pool of
+    that many threads, exactly as ``ThreadPoolMixIn(max_workers=max_threads)`` runs
+    them. ``sockserve run --mode pool --threads N`` sets it on a program's servers
+    (``policy.py``), so code written for the stdlib gets a bound without a change.
     """
 
     daemon_threads = False
     block_on_close = True
+    max_threads: int | None = None
+
+    def _apply_policy(self, policy: ServerPolicy) -> None:
+        if policy.max_threads is not None:
+            self.max_threads = policy.max_threads
+        super()._apply_policy(policy)  # type: ignore[misc]
+
+    def _check_settings(self) -> None:
+        value = self.max_threads
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise ConfigurationError(f"max_threads must be None or an int >= 1, got {value!r}")
+        super()._check_settings()  # type: ignore[misc]
 
     @property
     def _threads(self) -> ThreadPerRequest:
@@ -67,7 +128,10 @@ class ThreadingMixIn:
         serve_and_close(self, request, client_address)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Start a thread for the request."""
+        """Start a thread for the request (or, with ``max_threads``, queue it for the pool)."""
+        if self.max_threads is not None:
+            _submit_to_pool(self, _pool_of(self, self.max_threads), request, client_address)
+            return
         job = _claim(self, request, client_address)
         try:
             self._threads.submit(
@@ -79,16 +143,28 @@ class ThreadingMixIn:
             job.finish()
             raise
 
+    def _capacity(self) -> tuple[int | None, str]:
+        limit, what = super()._capacity()  # type: ignore[misc]
+        if self.max_threads is None:
+            return limit, what
+        return _pooled_capacity(limit, what, self.max_threads + DEFAULT_MAX_PENDING)
+
     def _dispatch_stats(self) -> tuple[int, int]:
+        if self.max_threads is not None:
+            return _pool_stats(self)
         return 0, len(self._threads)
 
     def server_close(self) -> None:
         if _replies_use_listener(self):
-            self._threads.join()
+            self._join_request_threads()
             super().server_close()  # type: ignore[misc]
         else:
             super().server_close()  # type: ignore[misc]
-            self._threads.join()
+            self._join_request_threads()
+
+    def _join_request_threads(self) -> None:
+        self._threads.join()
+        _close_pool(self)
 
 
 class ThreadPoolMixIn:
@@ -131,53 +207,28 @@ class ThreadPoolMixIn:
 
     @property
     def _pool(self) -> ThreadPool:
-        pool: ThreadPool | None = vars(self).get("_thread_pool")
-        if pool is None:
-            pool = vars(self).setdefault("_thread_pool", ThreadPool(self.max_workers))
-        return pool
+        return _pool_of(self, self.max_workers)
 
     def _capacity(self) -> tuple[int | None, str]:
         limit, what = super()._capacity()  # type: ignore[misc]
-        pool_capacity = self.max_workers + self.max_pending
-        if limit is None or pool_capacity < limit:
-            return pool_capacity, "pool_full"
-        return limit, what
+        return _pooled_capacity(limit, what, self.max_workers + self.max_pending)
 
     _dispatches_off_loop = True
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Queue the request for the next free worker.
-
-        The worker serves, and closes only once it counts as idle again: the close lets
-        the client send its next connection, which should find the worker free.
-        """
-        job = _claim(self, request, client_address)
-        try:
-            self._pool.submit(
-                partial(job.serve, close=False),
-                daemon=self.daemon_threads,
-                then=job.close_and_finish,
-            )
-        except BaseException:
-            job.finish()
-            raise
+        """Queue the request for the next free worker (see ``_submit_to_pool``)."""
+        _submit_to_pool(self, self._pool, request, client_address)
 
     def _dispatch_stats(self) -> tuple[int, int]:
-        if "_thread_pool" not in vars(self):
-            return 0, 0
-        return self._pool.queue_depth, self._pool.workers_alive
+        return _pool_stats(self)
 
     def server_close(self) -> None:
         if _replies_use_listener(self):
-            self._close_pool()
+            _close_pool(self)
             super().server_close()  # type: ignore[misc]
         else:
             super().server_close()  # type: ignore[misc]
-            self._close_pool()
-
-    def _close_pool(self) -> None:
-        if "_thread_pool" in vars(self):
-            self._pool.close(wait=self.block_on_close and not self.daemon_threads)
+            _close_pool(self)
 
 
 if hasattr(os, "fork"):

@@ -37,6 +37,7 @@ from .errors import ConfigurationError, HandlerClassError
 from .handler_errors import peer_fault_kind
 from .listeners import bind_socket, listen_socket
 from .metrics import DrainReport, ServerStats
+from .policy import ServerPolicy, current_policy
 from .proxy_protocol import V2_DEFAULT_MAX_BYTES
 from .serving.core import ServingCore
 from .serving.selector_loop import ServeLoop, Server
@@ -163,6 +164,9 @@ class BaseServer:
             self.max_connections = max_connections
         if overload_policy is not None:
             self.overload_policy = overload_policy
+        policy = current_policy()
+        if policy is not None:
+            self._apply_policy(policy)
         self._check_settings()
         proxy = proxy_protocol_setup(
             self,
@@ -174,6 +178,14 @@ class BaseServer:
         if proxy is not None:  # the trusted-proxy check and the header prelude
             self._core.add_check(proxy[0])
             self._core.add_prelude(proxy[1])
+        if policy is not None:
+            for configure in policy.configure:
+                configure(self)
+
+    def _apply_policy(self, policy: ServerPolicy) -> None:
+        """Take the process-wide policy's settings (``policy.py``); mixins extend this."""
+        if policy.max_connections is not None:
+            self.max_connections = policy.max_connections
 
     def _check_settings(self) -> None:
         """Refuse nonsensical settings at construction; mixins extend this."""

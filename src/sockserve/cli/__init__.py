@@ -1,14 +1,18 @@
 """The ``sockserve`` command: the only code that reads argv, owns signals and exits.
 
 ``sockserve demo NAME`` serves a built-in demo; ``sockserve serve TARGET`` serves your
-handler class (or the server your factory builds). Where the parts live:
+handler class (or the server your factory builds); ``sockserve run -m MODULE`` runs a
+socketserver program on sockserve. Where the parts live:
 
 - ``options.py``: the option table (one row per setting);
 - ``config.py``: command line > environment > config file > default;
 - ``binds.py``: ``--bind`` forms; ``targets.py``: what TARGET names;
 - ``build.py``: which server class, the rules on combinations, binding;
 - ``privileges.py``, ``logs.py``: ``--user``/``--group``, ``--log-*``;
-- ``serving.py``: serving until a signal, and the drain with a deadline.
+- ``activation.py``: inherited sockets (``fd://N``, systemd socket activation);
+- ``service_manager.py``: READY/STATUS/STOPPING/WATCHDOG for systemd (``NOTIFY_SOCKET``);
+- ``serving.py``: serving until a signal, and the drain with a deadline;
+- ``run.py``: ``sockserve run``: a program's own servers, under ``policy.py``.
 
 Exit status: 0 after a stop by signal; 2 for a mistake the user can fix (one line on
 stderr, ``sockserve: error: ...``, no traceback); 1 if serving failed once started (a
@@ -27,7 +31,18 @@ from .. import __version__, errors
 from ..demo import ASYNC_DEMOS, DEMOS
 
 # Modules, not names: only what ``__all__`` lists is public here.
-from . import binds, build, config, logs, options, privileges, serving, targets
+from . import (
+    binds,
+    build,
+    config,
+    logs,
+    options,
+    privileges,
+    run,
+    service_manager,
+    serving,
+    targets,
+)
 
 #: Exit status for a mistake in the command line, environment or config (argparse's too).
 EXIT_USAGE = 2
@@ -41,6 +56,7 @@ examples:
   sockserve serve myapp:Handler --bind tcp://0.0.0.0:8000 --bind unix:/run/my.sock
   sockserve serve ./handlers.py:Upper --mode prefork --workers 4 --threads 16
   sockserve serve myapp:make_server --bind fd://3     a factory, an inherited socket
+  sockserve serve myapp:Handler --bind systemd        socket activation (a .socket unit)
   SOCKSERVE_DRAIN_TIMEOUT=5 sockserve serve myapp:Handler --config sockserve.toml
   sockserve serve myapp:Handler --config sockserve.toml --print-config
 
@@ -49,6 +65,21 @@ is gone within the drain timeout plus {serving.STOP_GRACE_SECONDS:g} s. Settings
 SOCKSERVE_<OPTION> > --config FILE (TOML, keys as the long options) > default.
 Exit status: 0 stopped by a signal, 1 a serve loop failed, 2 a usage mistake.
 """
+
+
+RUN_EXAMPLES = f"""\
+examples:
+  sockserve run --mode pool --threads 8 -m http.server 8000 --bind 127.0.0.1
+  sockserve run --max-connections 100 --drain-timeout 10 ./my_xmlrpc_service.py --port 0
+
+Every server the program builds takes the options: --mode pool --threads N runs its
+ThreadingMixIn servers on N threads. SIGTERM drains them all (--drain-timeout), then
+the program ends as it would; it is gone within the drain timeout plus
+{serving.STOP_GRACE_SECONDS:g} s. SIGINT is the program's own (KeyboardInterrupt).
+"""
+
+#: ``run`` options followed by a value (the rest of its arguments are the program's).
+_RUN_VALUE_OPTIONS = {f"--{name}" for name in run.RUN_OPTIONS} | {"--config"}
 
 
 class UsageError(errors.SockserveError):
@@ -61,8 +92,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _run(_parser().parse_args(argv))
+        program = None
+        if arguments[:1] == ["run"]:  # the program's own arguments are not ours to parse
+            own, program = run.split_program(arguments[1:], _RUN_VALUE_OPTIONS)
+            arguments = ["run", *own]
+        args = _parser().parse_args(arguments)
+        args.program = program
+        return _run(args)
     except (errors.SockserveError, OSError, ValueError) as exc:
         print(f"sockserve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -76,6 +114,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config.render_toml(settings))
         return 0
+    if args.command == "run":
+        if args.program is None:
+            raise UsageError("sockserve run needs -m MODULE or SCRIPT (see sockserve run --help)")
+        run.check_settings(settings)
+        logs.configure(settings["log-level"], settings["log-format"], logger="sockserve")
+        return run.run_program(args.program, settings)
     logs.configure(settings["log-level"], settings["log-format"])
     if args.command == "demo":
         mode = settings["mode"]
@@ -85,6 +129,7 @@ def _run(args: argparse.Namespace) -> int:
         target = targets.load_target(args.target)
     plan = build.plan(target, settings)
     identity = privileges.resolve(settings["user"], settings["group"])
+    manager = service_manager.ServiceManagerLink.from_environment()
     servers = build.open_servers(plan)
     try:
         if identity is not None:
@@ -98,16 +143,21 @@ def _run(args: argparse.Namespace) -> int:
         f"sockserve {__version__}: serving {target.name} on "
         f"{', '.join(binds.describe(server) for server in servers)} ({mode}); Ctrl-C stops"
     )
+    if manager is not None:
+        manager.servers = servers
     try:
         if hasattr(servers[0], "worker_pids"):  # a pre-fork master: one bind (build.RULES)
-            summary = serving.serve_prefork(servers[0], ready_line)
+            summary = serving.serve_prefork(servers[0], ready_line, manager=manager)
         else:
             summary = serving.serve_until_stopped(
-                servers, ready_line, drain_timeout=settings["drain-timeout"]
+                servers, ready_line, drain_timeout=settings["drain-timeout"], manager=manager
             )
     except (serving.LoopFailedError, errors.SockserveError) as exc:  # e.g. a worker failed to boot
         print(f"sockserve: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        if manager is not None:
+            manager.close()
     print(f"sockserve: {summary.describe()}", flush=True)
     return 0
 
@@ -137,13 +187,26 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "target", help="a request handler class, or a server factory: MODULE:NAME or PATH.py:NAME"
     )
+    runner = commands.add_parser(
+        "run",
+        help="run a socketserver program on sockserve: sockserve run [OPTIONS] "
+        "(-m MODULE | SCRIPT) [ARGS...]",
+        usage="sockserve run [OPTIONS] (-m MODULE | SCRIPT) [ARGS...]",
+        description="Run a program that uses socketserver (http.server, xmlrpc.server, "
+        "your own) with sockserve in its place: no code changed.",
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for sub in (demo, serve):
         _add_options(sub)
+    _add_options(runner, only=run.RUN_OPTIONS)
     return parser
 
 
-def _add_options(parser: argparse.ArgumentParser) -> None:
+def _add_options(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
     for option in options.OPTIONS:
+        if only is not None and option.name not in only:
+            continue
         default = "" if option.default in (None, []) else f" (default: {option.default})"
         unset = f" (default: {option.unset})" if option.unset else ""
         kwargs: dict[str, Any] = {

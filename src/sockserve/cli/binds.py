@@ -2,10 +2,12 @@
 
 Forms (``Bind.parse``): ``HOST:PORT`` and ``tcp://HOST:PORT`` (IPv6 as ``[::1]:PORT``),
 ``udp://HOST:PORT``, ``unix:/PATH`` (a socket file; relative paths too), ``unix:@NAME``
-(Linux's abstract namespace) and ``fd://N`` (a socket this process inherited, already
-bound; its family and type are read from the descriptor). ``systemd`` is refused with a
-pointer to ``fd://3`` until socket activation lands. Pure parsing, except
-``inherited_socket``; binding itself is the servers' job.
+(Linux's abstract namespace), ``fd://N`` (a socket this process inherited, already
+bound; its family and type are read from the descriptor), and ``systemd`` /
+``systemd:NAME`` (socket activation: every socket systemd passed, or those whose
+``FileDescriptorName=`` is NAME; ``build.py`` expands them, one server per socket).
+Pure parsing, except ``inherited_socket`` and ``check_inherited``; binding itself is
+the servers' job.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..addresses import format_address
 from ..errors import ConfigurationError
 
 #: The schemes ``--bind`` accepts, by prefix.
-SCHEMES = ("tcp://", "udp://", "unix:", "fd://")
+SCHEMES = ("tcp://", "udp://", "unix:", "fd://", "systemd")
 
 
 class BindSyntaxError(ConfigurationError):
@@ -29,10 +31,11 @@ class BindSyntaxError(ConfigurationError):
 
 @dataclass(frozen=True)
 class Bind:
-    """One place to serve: ``transport`` is ``tcp``, ``udp``, ``unix`` or ``fd``.
+    """One place to serve: ``transport`` is ``tcp``, ``udp``, ``unix``, ``fd`` or ``systemd``.
 
-    ``address`` is ``(host, port)``, a Unix path (``"\\0name"`` when abstract) or a
-    descriptor number; ``text`` is the canonical spelling (``--print-config`` shows it).
+    ``address`` is ``(host, port)``, a Unix path (``"\\0name"`` when abstract), a
+    descriptor number, or for ``systemd`` the descriptor name (None: every one); ``text``
+    is the canonical spelling (``--print-config`` shows it).
     """
 
     transport: str
@@ -42,11 +45,8 @@ class Bind:
     @classmethod
     def parse(cls, text: str) -> Bind:
         value = text.strip()
-        if value == "systemd":
-            raise BindSyntaxError(
-                "'systemd': socket activation is not available yet; "
-                "pass the inherited socket as fd://3 instead"
-            )
+        if value == "systemd" or value.startswith("systemd:"):
+            return _parse_systemd(value)
         if value.startswith("unix:"):
             return _parse_unix(value)
         if value.startswith("fd://"):
@@ -108,6 +108,20 @@ def _parse_fd(value: str) -> Bind:
     return Bind("fd", int(number), f"fd://{int(number)}")
 
 
+def _parse_systemd(value: str) -> Bind:
+    if value == "systemd":
+        return Bind("systemd", None, "systemd")
+    name = value[len("systemd:") :]
+    # sd_listen_fds_with_names(3): names are what FileDescriptorName= allows, and
+    # LISTEN_FDNAMES separates them with colons, so a name holds none.
+    if not name or ":" in name or not name.isprintable():
+        raise BindSyntaxError(
+            f"{value!r}: expected systemd (every inherited socket) or systemd:NAME "
+            "(those whose FileDescriptorName= is NAME)"
+        )
+    return Bind("systemd", name, value)
+
+
 def inherited_socket(fd: int) -> socket.socket:
     """The socket behind descriptor ``fd``, checked: bound, and a stream or datagram socket."""
     try:
@@ -116,14 +130,36 @@ def inherited_socket(fd: int) -> socket.socket:
         sock = socket.socket(fileno=fd)
     except OSError as exc:
         raise BindSyntaxError(f"--bind fd://{fd}: {exc.strerror or exc}") from None
-    if sock.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+    try:
+        check_inherited(sock, f"--bind fd://{fd}")
+    except BindSyntaxError:
         sock.detach()
-        raise BindSyntaxError(f"--bind fd://{fd}: neither a stream nor a datagram socket")
+        raise
+    return sock
+
+
+def check_inherited(sock: socket.socket, where: str) -> None:
+    """Refuse an inherited socket no server can serve on: not a stream or datagram
+    socket, not bound, or a connection rather than a listener (systemd's ``Accept=yes``
+    passes one connection per process; sockserve accepts its own)."""
+    if sock.type not in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        raise BindSyntaxError(f"{where}: neither a stream nor a datagram socket")
     name = sock.getsockname()
     if name in ("", b"") or (isinstance(name, tuple) and name[1] == 0):
-        sock.detach()
-        raise BindSyntaxError(f"--bind fd://{fd}: the socket is not bound to an address")
-    return sock
+        raise BindSyntaxError(f"{where}: the socket is not bound to an address")
+    if sock.type == socket.SOCK_STREAM and _is_connected(sock):
+        raise BindSyntaxError(
+            f"{where}: a connected socket, not a listening one (a .socket unit with "
+            "Accept=yes? use Accept=no: sockserve accepts connections itself)"
+        )
+
+
+def _is_connected(sock: socket.socket) -> bool:
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return True
 
 
 def transport_of(sock: socket.socket) -> str:

@@ -19,7 +19,8 @@ from typing import Any
 from .. import servers
 from ..errors import ConfigurationError
 from ..mixins import ThreadingMixIn, ThreadPoolMixIn
-from .binds import Bind, inherited_socket, transport_of
+from . import activation
+from .binds import Bind, transport_of
 from .config import Settings
 from .targets import Target, handler_kind, is_async_handler
 
@@ -165,11 +166,30 @@ def plan(target: Target, settings: Settings) -> Plan:
 
 
 def open_servers(plan: Plan) -> list[Any]:
-    """Bind every address; on any failure close those already open and raise."""
+    """Bind every address; on any failure close those already open and raise.
+
+    ``systemd`` binds stand for the sockets socket activation passed (``activation.py``):
+    one server each.
+    """
+    openings = activation.expand(plan.binds)
+    if plan.mode == "prefork" and len(openings) > 1:
+        for _, inherited in openings:
+            if inherited is not None:
+                inherited.close()
+        raise ConfigurationError(
+            f"--mode prefork serves one socket, and these binds give {len(openings)}; "
+            "name one (--bind systemd:NAME) or run one command per socket"
+        )
     opened: list[Any] = []
     try:
-        for bind in plan.binds:
-            opened.append(_open(plan, bind))
+        for index, (bind, inherited) in enumerate(openings):
+            try:
+                opened.append(_open(plan, bind, inherited))
+            except BaseException:
+                for _, unused in openings[index + 1 :]:
+                    if unused is not None:
+                        unused.close()
+                raise
     except BaseException:
         for server in opened:
             server.server_close()
@@ -177,8 +197,7 @@ def open_servers(plan: Plan) -> list[Any]:
     return opened
 
 
-def _open(plan: Plan, bind: Bind) -> Any:
-    inherited = inherited_socket(bind.address) if bind.transport == "fd" else None
+def _open(plan: Plan, bind: Bind, inherited: socket.socket | None) -> Any:
     transport = bind.transport if inherited is None else transport_of(inherited)
     address = bind.address if inherited is None else inherited.getsockname()
     try:
@@ -196,12 +215,24 @@ def _open(plan: Plan, bind: Bind) -> Any:
         elif plan.target.is_factory and bind.is_unix_path and plan.settings["unix-mode"]:
             os.chmod(server.server_address, plan.settings["unix-mode"])
         server.daemon_threads = True  # a factory's server too: the stop stays bounded
-        if hasattr(server, "graceful_timeout"):  # a pre-fork master drains its workers
-            server.graceful_timeout = plan.settings["drain-timeout"]
+        apply_settings(server, plan.settings)
     except BaseException:
         server.server_close()
         raise
     return server
+
+
+def apply_settings(server: Any, settings: Settings) -> None:
+    """What every server the command runs takes from the settings, whoever built it.
+
+    ``sockserve serve`` calls this for each server it opened (from a handler class or a
+    factory); ``sockserve run`` calls it for each server the program constructs, before
+    that server binds. A new option that shapes every server (logging, metrics, edge
+    checks) is applied here, so both commands get it: use attributes and
+    ``add_admission_check``/``add_prelude``, not the socket, which may not be bound yet.
+    """
+    if hasattr(server, "graceful_timeout"):  # a pre-fork master drains its workers
+        server.graceful_timeout = settings["drain-timeout"]
 
 
 def _from_handler(plan: Plan, transport: str, bind: Bind, address: Any, adopt: bool) -> Any:
@@ -219,9 +250,10 @@ def _from_handler(plan: Plan, transport: str, bind: Bind, address: Any, adopt: b
     server = server_class(address, handler, False, **_keywords(plan))
     if not adopt:
         try:
+            if bind.is_unix_path:
+                # Set before the bind: the file has its mode before any client can connect.
+                server.unix_socket_mode = plan.settings["unix-mode"]
             server.server_bind()
-            if bind.is_unix_path and plan.settings["unix-mode"] is not None:
-                os.chmod(server.server_address, plan.settings["unix-mode"])
             server.server_activate()
         except BaseException:
             server.server_close()

@@ -32,12 +32,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(level: str, log_format: str) -> None:
-    """Send every log record at ``level`` or above to stderr, as text or JSON."""
+def configure(level: str, log_format: str, *, logger: str = "") -> None:
+    """Send every log record at ``level`` or above to stderr, as text or JSON.
+
+    ``logger``: only that logger's records (``sockserve run`` configures ``sockserve``
+    and leaves the root logger to the program it runs); by default, every record.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    configured = logging.getLogger(logger)
+    configured.handlers[:] = [handler]
+    configured.setLevel(level.upper())
+    if logger:
+        configured.propagate = False  # once is enough, whatever the program sets up

@@ -30,6 +30,7 @@ from types import FrameType
 from typing import Any
 
 from ..metrics import DrainReport
+from .service_manager import ServiceManagerLink
 
 log = logging.getLogger("sockserve.cli")
 
@@ -62,17 +63,17 @@ class StopSummary:
 
 
 @dataclass(frozen=True)
-class _LoopEnded:
+class LoopEnded:
     server: Any
     error: BaseException | None
 
 
 @dataclass(frozen=True)
-class _Stopped:
+class Stopped:
     reports: tuple[DrainReport, ...]
 
 
-_Event = int | _LoopEnded | _Stopped
+Event = int | LoopEnded | Stopped
 
 
 class Mailbox:
@@ -88,12 +89,12 @@ class Mailbox:
     """
 
     def __init__(self) -> None:
-        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._reader, self._writer = socket.socketpair()
         for end in (self._reader, self._writer):
             end.setblocking(False)
 
-    def post(self, event: _Event) -> None:
+    def post(self, event: Event) -> None:
         self._events.put(event)
         try:
             self._writer.send(b"\0")
@@ -103,7 +104,7 @@ class Mailbox:
     def wake_fd(self) -> int:
         return self._writer.fileno()
 
-    def wait(self, timeout: float | None = None) -> _Event | None:
+    def wait(self, timeout: float | None = None) -> Event | None:
         """The next event, or None once ``timeout`` seconds passed without one."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -134,35 +135,54 @@ class LoopFailedError(Exception):
 
 
 def serve_until_stopped(
-    servers: Sequence[Any], ready_line: str, *, drain_timeout: float
+    servers: Sequence[Any],
+    ready_line: str,
+    *,
+    drain_timeout: float,
+    manager: ServiceManagerLink | None = None,
 ) -> StopSummary:
-    """Serve every server until SIGINT/SIGTERM; drain them together; return how it went."""
+    """Serve every server until SIGINT/SIGTERM; drain them together; return how it went.
+
+    ``manager``: tell the service manager (``service_manager.py``) from this thread.
+    """
     events = Mailbox()
-    with events, _signals_recorded(events.post, wake_fd=events.wake_fd()):
+    with events, signals_recorded(events.post, wake_fd=events.wake_fd()):
         for server in servers:
             threading.Thread(
                 target=_serve, args=(server, events), name="sockserve-serve", daemon=True
             ).start()
         print(ready_line, flush=True)
+        tick_interval = None if manager is None else manager.tick_interval
         while True:
-            event = events.wait()
+            if manager is not None:
+                manager.tick(is_ready=True, is_stopping=False)
+            event = events.wait(tick_interval)
             if isinstance(event, int):
                 break
-            if isinstance(event, _LoopEnded):
-                _close_all_quickly(servers)
+            if isinstance(event, LoopEnded):
+                close_all_quickly(servers)
                 raise LoopFailedError(f"the serve loop failed: {event.error!r}")
-        return _stop(servers, events, drain_timeout)
+        return _stop(servers, events, drain_timeout, manager)
 
 
-def serve_prefork(server: Any, ready_line: str) -> StopSummary:
+def serve_prefork(
+    server: Any, ready_line: str, *, manager: ServiceManagerLink | None = None
+) -> StopSummary:
     """Serve a pre-fork server on this (main) thread; its master handles the signals.
 
     Until the master installs its handlers, ours call ``server.shutdown()``, which for a
     pre-fork master only sets a flag and queues a request (documented signal-safe): a
     signal that arrives the moment the ready line is out still stops it cleanly. The
     master reaps every worker before ``serve_forever`` returns, so closing is quick.
+    ``manager`` is told from the master's own loop: ready once a worker is, stopping
+    once the master is, and its watchdog pings say that loop still turns.
     """
-    with _signals_recorded(lambda signum: server.shutdown()):
+    if manager is not None:
+        server.add_master_task(
+            lambda: manager.tick(is_ready=server.workers_ready() > 0, is_stopping=server.draining),
+            interval=manager.tick_interval,
+        )
+    with signals_recorded(lambda signum: server.shutdown()):
         print(ready_line, flush=True)
         server.serve_forever()
     server.server_close()
@@ -174,12 +194,17 @@ def _serve(server: Any, events: Mailbox) -> None:
         server.serve_forever()
     except BaseException as exc:
         log.exception("the serve loop on %s failed", server.server_address)
-        events.post(_LoopEnded(server, exc))
+        events.post(LoopEnded(server, exc))
     else:
-        events.post(_LoopEnded(server, None))
+        events.post(LoopEnded(server, None))
 
 
-def _stop(servers: Sequence[Any], events: Mailbox, drain_timeout: float) -> StopSummary:
+def _stop(
+    servers: Sequence[Any],
+    events: Mailbox,
+    drain_timeout: float,
+    manager: ServiceManagerLink | None,
+) -> StopSummary:
     started = time.monotonic()
     print(
         f"sockserve: stopping: draining for up to {drain_timeout:g} s "
@@ -195,17 +220,21 @@ def _stop(servers: Sequence[Any], events: Mailbox, drain_timeout: float) -> Stop
     stopper.start()
     deadline = started + drain_timeout + STOP_GRACE_SECONDS
     while True:
-        event = events.wait(deadline - time.monotonic())
-        if event is None:
+        if manager is not None:  # the watchdog still expects pings while we drain
+            manager.tick(is_ready=True, is_stopping=True)
+        remaining = deadline - time.monotonic()
+        wait = remaining if manager is None else min(remaining, manager.tick_interval)
+        event = events.wait(wait)
+        if event is None and time.monotonic() >= deadline:
             log.warning("the drain overran its deadline; stopping at once")
             reason = "the drain overran its deadline"
             break
-        if isinstance(event, _Stopped):
+        if isinstance(event, Stopped):
             return StopSummary(event.reports, time.monotonic() - started)
         if isinstance(event, int):
             reason = f"second {signal.Signals(event).name}"
             break
-    _close_all_quickly(servers)
+    close_all_quickly(servers)
     return StopSummary((), time.monotonic() - started, at_once=True, reason=reason)
 
 
@@ -223,10 +252,10 @@ def _drain_and_close(servers: Sequence[Any], timeout: float, events: Mailbox) ->
         drainer.join()
     for server in servers:
         server.server_close()
-    events.post(_Stopped(tuple(reports)))
+    events.post(Stopped(tuple(reports)))
 
 
-def _close_all_quickly(servers: Sequence[Any]) -> None:
+def close_all_quickly(servers: Sequence[Any]) -> None:
     """Stop at once: kill forked request children; the rest ends with the process."""
     for server in servers:
         for pid in list(getattr(server, "active_children", None) or ()):
@@ -236,15 +265,22 @@ def _close_all_quickly(servers: Sequence[Any]) -> None:
                 pass  # already gone
 
 
-class _signals_recorded:  # noqa: N801 (a context manager used like a function)
-    """Route SIGINT and SIGTERM to ``record(signum)``; restore the old handlers after.
-
-    With ``wake_fd``, also make it the signal wake-up descriptor (see ``Mailbox``).
+class signals_recorded:  # noqa: N801 (a context manager used like a function)
+    """Route ``signals`` (SIGINT and SIGTERM) to ``record(signum)``; restore the old
+    handlers after. With ``wake_fd``, also make it the signal wake-up descriptor (see
+    ``Mailbox``). Enter it on the main thread (``signal.signal`` insists).
     """
 
-    def __init__(self, record: Callable[[int], None], *, wake_fd: int | None = None) -> None:
+    def __init__(
+        self,
+        record: Callable[[int], None],
+        *,
+        wake_fd: int | None = None,
+        signals: Sequence[int] = STOP_SIGNALS,
+    ) -> None:
         self._record = record
         self._wake_fd = wake_fd
+        self._signals = tuple(signals)
         self._previous_wake_fd: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -254,7 +290,7 @@ class _signals_recorded:  # noqa: N801 (a context manager used like a function)
     def __enter__(self) -> None:
         if self._wake_fd is not None:
             self._previous_wake_fd = signal.set_wakeup_fd(self._wake_fd, warn_on_full_buffer=False)
-        for signum in STOP_SIGNALS:
+        for signum in self._signals:
             previous = signal.signal(signum, self._handle)
             self._previous[signum] = signal.SIG_DFL if previous is None else previous
 

@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any, NoReturn
 
@@ -57,7 +58,12 @@ class PreforkMixIn:
       paces each worker's ``service_actions()``. Raises ``WorkerBootError`` if a worker
       fails before it is ready, after stopping the others.
     - ``shutdown()``: graceful stop, from another thread (waits) or a signal handler.
-    - ``worker_pids()``: the pids of the live workers.
+    - ``worker_pids()``: the pids of the live workers; ``workers_ready()``: how many of
+      them serve (reported ready, not asked to stop).
+    - ``add_master_task(callback, interval=)``: run ``callback()`` on the master's loop
+      every turn, at least every ``interval`` seconds, while it supervises (the command
+      pings systemd's watchdog this way, so a ping proves the master loop turns).
+    - ``draining``: in the master, True once the pool's graceful or fast stop began.
     - ``handle_request()``: serves one request in the calling process, with no workers,
       exactly as the next class in the MRO would (handy in tests and one-shot tools).
 
@@ -119,6 +125,7 @@ class PreforkMixIn:
         self._is_prefork_worker = False
         self._stop_pending = False
         self._listener_spec: tuple[Any, ...] | None = None
+        self._master_tasks: list[master.MasterTask] = []
         super().__init__(*args, **kwargs)
 
     # -- construction ---------------------------------------------------------------------
@@ -175,6 +182,7 @@ class PreforkMixIn:
             settings,
             partial(self._become_worker, poll_interval=poll_interval),
             on_ready=self._on_first_worker_ready,
+            tasks=tuple(self._master_tasks),
         )
         self._supervisor = supervisor
         try:
@@ -245,6 +253,29 @@ class PreforkMixIn:
         """The pids of the live worker processes (empty unless ``serve_forever`` runs)."""
         supervisor = self._supervisor
         return [] if supervisor is None else supervisor.worker_pids()
+
+    def workers_ready(self) -> int:
+        """Workers serving now: ready, and not asked to stop (0 unless supervising)."""
+        supervisor = self._supervisor
+        return 0 if supervisor is None else supervisor.ready_count()
+
+    def add_master_task(self, callback: Callable[[], None], *, interval: float) -> None:
+        """Run ``callback()`` on the master loop every turn, at least every ``interval``
+        seconds, from the next ``serve_forever`` on; an exception is logged, not raised."""
+        if self._is_prefork_worker:
+            raise RuntimeError("add_master_task() is for the master, not a worker")
+        _require_number("interval", interval, least=0)
+        if interval <= 0:
+            raise errors.ConfigurationError(f"interval must be > 0, got {interval!r}")
+        self._master_tasks.append(master.MasterTask(callback, float(interval)))
+
+    @property
+    def draining(self) -> bool:
+        """True once a drain began: in the master, the pool's stop; in a worker, its own."""
+        supervisor = self._supervisor
+        if not self._is_prefork_worker and supervisor is not None and supervisor.is_stopping:
+            return True
+        return bool(super().draining)  # type: ignore[misc]
 
     def _listener(self) -> socket.socket:
         server: Any = self

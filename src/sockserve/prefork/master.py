@@ -72,12 +72,22 @@ class Settings:
     max_requests_jitter: int
 
 
+@dataclass(frozen=True)
+class MasterTask:
+    """A callable the master loop runs every turn; the loop turns at least every
+    ``interval`` seconds while it is registered (see ``PreforkMixIn.add_master_task``)."""
+
+    callback: Callable[[], None]
+    interval: float
+
+
 class Supervisor:
     """Runs the master loop for one ``serve_forever`` call.
 
     ``start_worker(link)`` runs in the forked child and never returns. ``on_ready()`` is
-    called once, when the first worker is ready. ``request(action)`` may be called from
-    any thread or signal handler.
+    called once, when the first worker is ready. ``tasks`` run on every turn of the
+    loop (an exception is logged, the loop goes on). ``request(action)`` may be called
+    from any thread or signal handler.
     """
 
     def __init__(
@@ -86,8 +96,10 @@ class Supervisor:
         start_worker: Callable[[WorkerLink], NoReturn],
         *,
         on_ready: Callable[[], None] = lambda: None,
+        tasks: tuple[MasterTask, ...] = (),
     ) -> None:
         self.settings = settings
+        self._tasks = tasks
         self.target = settings.workers
         self._start_worker = start_worker
         self._workers: dict[int, WorkerProcess] = {}
@@ -133,6 +145,16 @@ class Supervisor:
 
     def worker_pids(self) -> list[int]:
         return sorted(list(self._workers))
+
+    def ready_count(self) -> int:
+        """Workers that reported ready and were not asked to stop."""
+        with self._stats_lock:
+            return sum(1 for w in self._workers.values() if w.is_ready and not w.stop_reason)
+
+    @property
+    def is_stopping(self) -> bool:
+        """True once a graceful or fast stop of the whole pool began."""
+        return bool(self._stopping)
 
     def stats(self) -> ServerStats:
         """The workers' counters combined (``metrics.combine``), retired ones included.
@@ -203,6 +225,7 @@ class Supervisor:
                 self._begin_stop("a worker failed to boot", signal.SIGTERM)
             if self._stopping and not self._workers:
                 return
+            self._run_tasks()
             now = time.monotonic()
             self._deadlines.kill_overdue(self._workers.values(), now)
             if not self._stopping:
@@ -218,8 +241,15 @@ class Supervisor:
                 self._status.read(worker)
             # a readable pidfd needs nothing here: the worker is reaped next turn
 
+    def _run_tasks(self) -> None:
+        for task in self._tasks:
+            try:
+                task.callback()
+            except Exception:
+                log.exception("master task %r failed", task.callback)
+
     def _next_timeout(self, now: float) -> float:
-        times = [MASTER_TICK_SECONDS]
+        times = [MASTER_TICK_SECONDS, *(task.interval for task in self._tasks)]
         for worker in self._workers.values():
             if worker.kill_reason:
                 continue  # SIGKILL is sent: its exit is all that is left to wait for
