@@ -18,6 +18,7 @@ from .errors import (
     AddressError,
     AddressInUseError,
     BindError,
+    ClientsDidNotFinish,
     ConfigurationError,
     HandlerClassError,
     HostResolutionError,
@@ -25,12 +26,15 @@ from .errors import (
     PeerProtocolError,
     PortOutOfRangeError,
     ProxyHeaderError,
+    Refused,
+    ServerDidNotStop,
     SocketActivationError,
     SockserveError,
     SystemdEnvironmentError,
     TLSConfigurationError,
     TLSHandshakeError,
     UnixSocketPathExistsError,
+    WorkerBootError,
 )
 from .handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from .metrics import DrainReport, ServerStats
@@ -93,6 +97,10 @@ __all__ = [
     "SocketActivationError",
     "TLSConfigurationError",
     "TLSHandshakeError",
+    "Refused",
+    "WorkerBootError",
+    "ServerDidNotStop",
+    "ClientsDidNotFinish",
 ]
 
 
@@ -167,7 +175,6 @@ if hasattr(os, "fork"):
         "PreforkMixIn",
         "PreforkTCPServer",
         "PreforkUDPServer",
-        "WorkerBootError",
     ]
 
 if hasattr(socket, "AF_UNIX"):

@@ -19,6 +19,13 @@
     │   │                           max_line_length (synchronous and async handlers)
     │   └── AsyncLineTooLongError   (also asyncio.LimitOverrunError)  the async reader's
     ├── ReadTimeoutError            (also TimeoutError)  async mode: no data within timeout
+    ├── Refused                     raised by an admission check or a prelude: refuse this
+    │                               connection; ``reason`` is counted in stats().rejected
+    ├── WorkerBootError             a pre-fork worker failed before it could serve
+    ├── ServerDidNotStop            (also RuntimeError)  sockserve.testing: a test server
+    │                               did not stop within its deadline
+    ├── ClientsDidNotFinish         (also TimeoutError)  sockserve.testing: clients still
+    │                               running at run_concurrently's timeout
     └── PeerProtocolError           (also ValueError)  the peer's fault: its bytes break the
         │                           protocol; ``reason`` names the rule, ``reply`` is what
         │                           to send before closing (empty: close at once)
@@ -179,6 +186,36 @@ class TLSHandshakeError(PeerProtocolError, OSError):
     so ``except OSError`` around a handshake keeps matching. ``reply`` is always empty:
     where TLS allows an answer, OpenSSL has already sent its alert.
     """
+
+
+class Refused(SockserveError):
+    """Raised by an admission check or a prelude to refuse a connection.
+
+    ``reason`` is a short key counted in ``server.stats().rejected`` (``"denied"``,
+    ``"proxy_bad_header"``); the message, if any, goes to the log (once per episode).
+    """
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        super().__init__(message or reason)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[Refused], tuple[str, str]]:
+        return type(self), (self.reason, str(self))
+
+
+class WorkerBootError(SockserveError):
+    """A pre-fork worker failed before it could serve, so the master stopped instead of
+    restarting it in a loop (booting again would fail again and hide the cause)."""
+
+
+class ServerDidNotStop(SockserveError, RuntimeError):
+    """``sockserve.testing``: the server's loop or its request threads did not finish
+    within the deadline."""
+
+
+class ClientsDidNotFinish(SockserveError, TimeoutError):
+    """``sockserve.testing``: some callables given to ``run_concurrently`` were still
+    running at its timeout (their threads are daemons and are left behind)."""
 
 
 class LineTooLongError(SockserveError, ValueError):

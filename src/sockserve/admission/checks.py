@@ -35,20 +35,11 @@ from __future__ import annotations
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from ..addresses import unmap_ipv4
+from ..errors import Refused
+
+__all__ = ["AdmissionCheck", "Judged", "Refused", "ReleasingCheck", "UnmapIPv4", "check_judges"]
 
 Judged = Literal["peer", "client"]
-
-
-class Refused(Exception):
-    """Raised by a check or a prelude to refuse a connection.
-
-    ``reason`` is a short key counted in ``server.stats().rejected`` (``"denied"``,
-    ``"proxy_bad_header"``); the message, if any, goes to the log (once per episode).
-    """
-
-    def __init__(self, reason: str, message: str = "") -> None:
-        super().__init__(message or reason)
-        self.reason = reason
 
 
 @runtime_checkable

@@ -19,8 +19,8 @@ from typing import Any, NoReturn
 
 # Modules, not names: only what ``__all__`` lists is public here.
 from .. import errors, metrics, servers
+from ..errors import WorkerBootError
 from . import master, worker
-from .master import WorkerBootError
 
 __all__ = [
     "DEFAULT_GRACEFUL_TIMEOUT",

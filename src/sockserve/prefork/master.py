@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from ..dispatch.forking import open_pidfd
-from ..errors import SockserveError
+from ..errors import WorkerBootError
 from ..metrics import DrainReport, ServerStats, combine
 from .actions import SIGNAL_ACTIONS, ActionQueue
 from .backoff import RestartBackoff
@@ -55,10 +55,6 @@ MASTER_TICK_SECONDS = 1.0
 #: for up to ``EXIT_PENDING_SECONDS`` (where no pidfd announces it).
 EXIT_POLL_SECONDS = 0.01
 EXIT_PENDING_SECONDS = 1.0
-
-
-class WorkerBootError(SockserveError):
-    """A worker failed before it could serve, so the master stopped instead of looping."""
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ client's steps and outcome; ``faulty_clients`` and ``faulty_datagrams`` the clie
 
 from __future__ import annotations
 
+from ..errors import ClientsDidNotFinish, ServerDidNotStop
 from .client_connection import DEFAULT_CLIENT_TIMEOUT, ClientConnection, Ending, StreamOutcome
-from .concurrently import ClientsDidNotFinish, run_concurrently
+from .concurrently import run_concurrently
 from .faulty_clients import (
     half_close,
     never_read,
@@ -43,7 +44,7 @@ from .faulty_clients import (
     trickle,
 )
 from .faulty_datagrams import DatagramOutcome, flood_datagrams, oversized_datagram
-from .serving import DEFAULT_STOP_TIMEOUT, ServerDidNotStop, serve_in_thread, stop_server
+from .serving import DEFAULT_STOP_TIMEOUT, serve_in_thread, stop_server
 
 __all__ = [
     "DEFAULT_CLIENT_TIMEOUT",

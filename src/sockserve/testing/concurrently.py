@@ -13,17 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from ..errors import ClientsDidNotFinish
 from .client_connection import DEFAULT_CLIENT_TIMEOUT
 
 ResultT = TypeVar("ResultT")
 
 #: ``run_concurrently``'s default: each client's own deadline, twice over.
 DEFAULT_CONCURRENT_TIMEOUT = 2 * DEFAULT_CLIENT_TIMEOUT
-
-
-class ClientsDidNotFinish(TimeoutError):
-    """Some of the callables given to ``run_concurrently`` were still running at its
-    timeout (their threads are daemons and are left behind)."""
 
 
 def run_concurrently(

@@ -14,16 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from ..errors import SockserveError
+from ..errors import ServerDidNotStop
 
 ServerT = TypeVar("ServerT")
 
 #: How long stopping a test server may take before it counts as hung.
 DEFAULT_STOP_TIMEOUT = 10.0
-
-
-class ServerDidNotStop(SockserveError, RuntimeError):
-    """The server's loop or its request threads did not finish within the deadline."""
 
 
 @contextmanager
