@@ -155,12 +155,7 @@ def __dir__() -> list[str]:
 
 if hasattr(os, "fork"):
     from .mixins import ForkingMixIn
-    from .prefork import (
-        PreforkMixIn,
-        PreforkTCPServer,
-        PreforkUDPServer,
-        WorkerBootError,
-    )
+    from .prefork import PreforkMixIn, PreforkTCPServer, PreforkUDPServer
 
     class ForkingUDPServer(ForkingMixIn, UDPServer):
         """UDP, each datagram handled in a forked child."""
