@@ -19,6 +19,13 @@ The whole order, written once (``serving/core.py`` runs it):
     accept → peer checks → preludes (PROXY header, TLS handshake) → client checks →
     capacity (max_connections / pool) → verify_request → process_request → handler
 
+Preludes run in the order they were added, except that a prelude marked ``runs_last``
+(the TLS handshake, ``tls_prelude.py``) stays after all the others whenever they were
+added: a PROXY header comes before the ClientHello on the wire, and after the handshake
+the bytes are TLS records only the handler's ``SSLSocket`` may read. In async mode the
+event loop does the handshake (``aio/connections.py``), after the preludes and the
+client checks, in the request's task.
+
 A check may also hold something per admitted connection (a per-client count): if it has
 a ``release(client_address)`` method, the core calls it when that connection's work is
 finished, whatever the mode.
@@ -43,6 +50,9 @@ class Refused(Exception):
     def __init__(self, reason: str, message: str = "") -> None:
         super().__init__(message or reason)
         self.reason = reason
+        #: Set by a prelude driver when a prelude replaced the socket object (the TLS
+        #: prelude wraps it): the one to close instead of the accepted socket.
+        self.connection: Any = None
 
 
 @runtime_checkable

@@ -34,7 +34,7 @@ from typing import Any
 from ..addresses import format_address
 from ..admission.checks import AdmissionCheck, Refused, check_judges
 from ..admission.limits import ConnectionLimiter, Ticket, untracked_ticket
-from ..admission.preludes import Prelude
+from ..admission.preludes import Prelude, insert_prelude
 from ..episodes import EpisodeLog
 from ..listeners import CAPACITY_ACCEPT_ERRNOS, TRANSIENT_ACCEPT_ERRNOS, AcceptBackoff
 from ..metrics import ServerStats
@@ -87,7 +87,8 @@ class ServingCore:
             self.client_checks.append(check)
 
     def add_prelude(self, prelude: Prelude) -> None:
-        self.preludes.append(prelude)
+        """Add ``prelude`` after the others, but before a ``runs_last`` one (TLS)."""
+        insert_prelude(self.preludes, prelude)
 
     def begin_draining(self) -> int:
         """Mark the drain's start (once); the ``limiter.released`` count it counts from."""
@@ -178,8 +179,7 @@ class ServingCore:
         overloaded: bool = False,
     ) -> None:
         """Count, log once per episode, and close a refused connection."""
-        self.limiter.reject(reason)
-        self.refusals.note(reason, f"{format_address(client_address)}: {message}")
+        self.note_refusal(reason, client_address, message)
         try:
             if overloaded:
                 server.handle_overload(request, client_address)
@@ -190,6 +190,12 @@ class ServingCore:
                 server.shutdown_request(request)
             except OSError:
                 pass  # the peer is gone already; nothing left to close cleanly
+
+    def note_refusal(self, reason: str, client_address: Any, message: str) -> None:
+        """Count and log (once per episode) a refusal whose connection is closed elsewhere
+        (the async mode's TLS handshake fails inside the request's task)."""
+        self.limiter.reject(reason)
+        self.refusals.note(reason, f"{format_address(client_address)}: {message}")
 
     def note_dropped(self, reason: str, detail: str) -> None:
         """A datagram dropped before it became a request: counted with the refusals."""

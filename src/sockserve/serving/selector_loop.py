@@ -277,7 +277,7 @@ class ServeLoop(LoopThreads):
                 )
                 request.setblocking(True)
             except Refused as why:
-                self._refuse(server, request, client_address, why)
+                self._refuse(server, why.connection or request, client_address, why)
                 return True
         self._dispatch(server, request, client_address, details)
         return True
