@@ -10,8 +10,10 @@ here waits without a bound: request threads are daemon threads (see ``build.py``
 ``server_close()`` — which may wait for them or for forked children, as the stdlib's
 does — runs on the stopper thread, which the main thread abandons when time is up.
 
-A pre-fork server is the exception: its master owns TERM and INT while it supervises, so
-it serves on the main thread and stops with its own ``graceful_timeout``.
+SIGHUP re-reads the TLS files (``--tls-cert``): new connections get the new certificate,
+live ones keep theirs. A pre-fork server is the exception: its master owns TERM, INT and
+HUP while it supervises (HUP re-reads the files, then restarts the workers with them),
+so it serves on the main thread and stops with its own ``graceful_timeout``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from ..admission.tls_prelude import tls_holder
+from ..errors import TLSConfigurationError
 from ..metrics import DrainReport
 
 log = logging.getLogger("sockserve.cli")
@@ -39,6 +43,8 @@ log = logging.getLogger("sockserve.cli")
 STOP_GRACE_SECONDS = 5.0
 #: The signals that stop the command (a second one of either stops it at once).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: The signal that re-reads the TLS files (an ACME client's deploy hook sends it).
+RELOAD_SIGNAL = getattr(signal, "SIGHUP", None)
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,8 @@ def serve_until_stopped(
 ) -> StopSummary:
     """Serve every server until SIGINT/SIGTERM; drain them together; return how it went."""
     events = Mailbox()
-    with events, _signals_recorded(events.post, wake_fd=events.wake_fd()):
+    handled = STOP_SIGNALS if RELOAD_SIGNAL is None else (*STOP_SIGNALS, RELOAD_SIGNAL)
+    with events, _signals_recorded(events.post, wake_fd=events.wake_fd(), signals=handled):
         for server in servers:
             threading.Thread(
                 target=_serve, args=(server, events), name="sockserve-serve", daemon=True
@@ -146,7 +153,9 @@ def serve_until_stopped(
         print(ready_line, flush=True)
         while True:
             event = events.wait()
-            if isinstance(event, int):
+            if event == RELOAD_SIGNAL:
+                reload_tls_files(servers)
+            elif isinstance(event, int):
                 break
             if isinstance(event, _LoopEnded):
                 _close_all_quickly(servers)
@@ -167,6 +176,26 @@ def serve_prefork(server: Any, ready_line: str) -> StopSummary:
         server.serve_forever()
     server.server_close()
     return StopSummary(reports=(), seconds=None)
+
+
+def reload_tls_files(servers: Sequence[Any]) -> None:
+    """SIGHUP: re-read the TLS files of every server whose context came from files.
+
+    Bad files are logged and the current certificate stays: a botched renewal must not
+    take a serving process down. Servers sharing a context reload it once.
+    """
+    done: set[int] = set()
+    for server in servers:
+        holder = tls_holder(server)
+        if holder is None or holder.settings is None or id(holder) in done:
+            continue
+        done.add(id(holder))
+        try:
+            server.reload_tls()
+        except TLSConfigurationError as exc:
+            log.error("SIGHUP: %s; still serving the previous certificate", exc)
+        else:
+            log.info("SIGHUP: reloaded the TLS certificate from %s", holder.settings.certfile)
 
 
 def _serve(server: Any, events: Mailbox) -> None:
@@ -202,6 +231,8 @@ def _stop(servers: Sequence[Any], events: Mailbox, drain_timeout: float) -> Stop
             break
         if isinstance(event, _Stopped):
             return StopSummary(event.reports, time.monotonic() - started)
+        if event == RELOAD_SIGNAL:
+            continue  # stopping: no new connection will use a new certificate
         if isinstance(event, int):
             reason = f"second {signal.Signals(event).name}"
             break
@@ -237,13 +268,20 @@ def _close_all_quickly(servers: Sequence[Any]) -> None:
 
 
 class _signals_recorded:  # noqa: N801 (a context manager used like a function)
-    """Route SIGINT and SIGTERM to ``record(signum)``; restore the old handlers after.
+    """Route ``signals`` (SIGINT, SIGTERM) to ``record(signum)``; restore the old handlers.
 
     With ``wake_fd``, also make it the signal wake-up descriptor (see ``Mailbox``).
     """
 
-    def __init__(self, record: Callable[[int], None], *, wake_fd: int | None = None) -> None:
+    def __init__(
+        self,
+        record: Callable[[int], None],
+        *,
+        wake_fd: int | None = None,
+        signals: Sequence[int] = STOP_SIGNALS,
+    ) -> None:
         self._record = record
+        self._signals = signals
         self._wake_fd = wake_fd
         self._previous_wake_fd: int | None = None
         self._previous: dict[int, Any] = {}
@@ -254,7 +292,7 @@ class _signals_recorded:  # noqa: N801 (a context manager used like a function)
     def __enter__(self) -> None:
         if self._wake_fd is not None:
             self._previous_wake_fd = signal.set_wakeup_fd(self._wake_fd, warn_on_full_buffer=False)
-        for signum in STOP_SIGNALS:
+        for signum in self._signals:
             previous = signal.signal(signum, self._handle)
             self._previous[signum] = signal.SIG_DFL if previous is None else previous
 

@@ -263,6 +263,9 @@ class PreforkMixIn:
         holder = tls_prelude.tls_holder(self)
         if holder is not None and holder.settings is not None:
             holder.reload_from_files()
+            master.log.info(
+                "SIGHUP: reloaded the TLS certificate from %s", holder.settings.certfile
+            )
 
     def worker_pids(self) -> list[int]:
         """The pids of the live worker processes (empty unless ``serve_forever`` runs)."""
