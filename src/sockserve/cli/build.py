@@ -17,7 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from .. import servers
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, TLSConfigurationError
 from ..mixins import ThreadingMixIn, ThreadPoolMixIn
 from ..tls import ContextHolder
 from .binds import Bind, inherited_socket, transport_of
@@ -185,9 +185,12 @@ def tls_context(settings: Settings) -> ContextHolder | None:
     if certfile is None:
         return None
     cafile = settings["tls-ca"]
-    return ContextHolder.from_files(
-        certfile, settings["tls-key"], cafile=cafile, require_client_cert=cafile is not None
-    )
+    try:
+        return ContextHolder.from_files(
+            certfile, settings["tls-key"], cafile=cafile, require_client_cert=cafile is not None
+        )
+    except TLSConfigurationError as exc:
+        raise TLSConfigurationError(f"--tls-cert/--tls-key/--tls-ca: {exc}", exc.path) from None
 
 
 def _open(plan: Plan, bind: Bind, tls: ContextHolder | None = None) -> Any:
