@@ -12,6 +12,9 @@ The async mode has an optional compiled fast path (src/sockserve/aio/_fastpath.c
 when the project is installed and a C compiler is there). With no pytest arguments, each
 interpreter also runs the async tests once more with it switched off
 (``SOCKSERVE_PURE_PYTHON=1``), so both paths are checked everywhere.
+
+tests/test_tls_serving.py runs ``curl`` and ``openssl s_client`` against the server; it
+installs them with apt-get when it can (``.ci/run`` does it first), and skips otherwise.
 """
 
 from __future__ import annotations
