@@ -863,7 +863,8 @@ BAD_SETTINGS = {
     "bad-unix-mode": (["--unix-mode", "rw"], ["--unix-mode", "octal"]),
     "unknown-user": (["--user", "sockserve-no-such-user"], ["sockserve-no-such-user"]),
     "unknown-group": (["--group", "sockserve-no-such-group"], ["sockserve-no-such-group"]),
-    "unknown-option": (["--tls-cert", "x.pem"], ["--tls-cert"]),
+    "unknown-option": (["--no-such-option", "x"], ["--no-such-option"]),
+    "missing-tls-cert": (["--tls-cert", "x.pem"], ["--tls-cert", "x.pem"]),
 }
 if hasattr(os, "fork"):
     BAD_SETTINGS["prefork-two-binds"] = (

@@ -18,6 +18,8 @@ package ``haproxy``, installed by ``.ci/run``, or by the test itself when it run
 root with apt-get; otherwise that test skips and prints why).
 Debian packages some tests use (``.ci/run`` installs them where apt-get exists and they
 are missing): ``systemd``, for ``systemd-analyze verify`` in test_deployment_docs.py.
+tests/test_tls_serving.py runs ``curl`` and ``openssl s_client`` against the server; it
+installs them with apt-get when it can (``.ci/run`` does it first), and skips otherwise.
 """
 
 from __future__ import annotations

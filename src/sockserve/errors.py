@@ -198,6 +198,9 @@ class Refused(SockserveError):
     def __init__(self, reason: str, message: str = "") -> None:
         super().__init__(message or reason)
         self.reason = reason
+        #: Set by a prelude driver when a prelude replaced the socket object (the TLS
+        #: prelude wraps it): the one to close instead of the accepted socket.
+        self.connection: object = None
 
     def __reduce__(self) -> tuple[type[Refused], tuple[str, str]]:
         return type(self), (self.reason, str(self))

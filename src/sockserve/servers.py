@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Sequence
@@ -33,6 +34,12 @@ from .admission.checks import AdmissionCheck, UnmapIPv4
 from .admission.limits import OVERLOAD_POLICIES
 from .admission.preludes import DEFAULT_MAX_PENDING_PRELUDES, Prelude
 from .admission.proxy_header import DEFAULT_PROXY_HEADER_TIMEOUT, proxy_protocol_setup
+from .admission.tls_prelude import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    install_tls,
+    reload_tls,
+    send_close_notify,
+)
 from .errors import ConfigurationError, HandlerClassError
 from .handler_errors import peer_fault_kind
 from .listeners import bind_socket, listen_socket
@@ -387,6 +394,10 @@ class TCPServer(BaseServer):
     allow_reuse_port: bool = False
     dual_stack: bool = False
     unix_socket_mode: int | None = None
+    #: TLS for every connection (``admission/tls_prelude.py``): an ``ssl.SSLContext``
+    #: (``sockserve.tls.server_context``) or a ``ContextHolder``; stream servers only.
+    ssl_context: Any = None
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
 
     def __init__(
         self,
@@ -401,6 +412,7 @@ class TCPServer(BaseServer):
         trusted_proxies: NetworkList | Sequence[str] | None = None,
         proxy_header_timeout: float | None = None,
         proxy_header_max: int | None = None,
+        ssl_context: Any = None,
     ) -> None:
         BaseServer.__init__(
             self,
@@ -415,6 +427,10 @@ class TCPServer(BaseServer):
         )
         if dual_stack is not None:
             self.dual_stack = dual_stack
+        if ssl_context is not None:
+            self.ssl_context = ssl_context
+        if self.ssl_context is not None:
+            install_tls(self, self.ssl_context)
         family = self._choose_family()
         self._unix_path_created: UnixSocketFile | None = None
         self._accepted_socket_triple: tuple[socket.socket, int, int, int] | None = None
@@ -481,8 +497,14 @@ class TCPServer(BaseServer):
             conn.setblocking(True)  # as socket.accept() does for a listener with a timeout
         return conn, address
 
+    def reload_tls(self, context: ssl.SSLContext | None = None) -> ssl.SSLContext:
+        """New connections get ``context``, or one rebuilt from the files (see docs/tls.md)."""
+        return reload_tls(self, context)
+
     def shutdown_request(self, request: Any) -> None:
-        """Send FIN (so the peer sees the end of data at once), then close."""
+        """Send FIN (TLS: close_notify first) so the peer sees the end at once; close."""
+        if isinstance(request, ssl.SSLSocket):
+            send_close_notify(request)
         try:
             request.shutdown(socket.SHUT_WR)
         except OSError:

@@ -46,6 +46,7 @@ __all__ = [
     "HandshakeStep",
     "TLSInfo",
     "TLSSettings",
+    "handshake_failure",
     "record_server_names",
     "server_context",
     "tls_info",
@@ -512,29 +513,40 @@ class HandshakeStep:
             return None  # the handshake attempt will meet the same error and report it
 
     def _failure(self, exc: OSError) -> TLSHandshakeError:
-        first = self._first_bytes
-        openssl_reason = exc.reason if isinstance(exc, ssl.SSLError) else None
-        if first == b"":
-            return TLSHandshakeError("tls_eof", "closed before sending a TLS ClientHello")
-        looks_like_http = openssl_reason in OPENSSL_HTTP_REASONS or (
-            first is not None and first.split(b" ", 1)[0] in HTTP_METHODS
+        return handshake_failure(exc, self._first_bytes)
+
+
+def handshake_failure(exc: OSError, first_bytes: bytes | None = None) -> TLSHandshakeError:
+    """The ``TLSHandshakeError`` (with its reason key) for a handshake that raised ``exc``.
+
+    ``first_bytes``: what the client sent first, if known (``HandshakeStep`` peeks at
+    it; the async mode, where the event loop's TLS reads the socket, does not know it
+    and relies on OpenSSL's reason alone). Also for the errors asyncio and uvloop raise
+    from ``connect_accepted_socket(ssl=...)``.
+    """
+    first = first_bytes
+    openssl_reason = exc.reason if isinstance(exc, ssl.SSLError) else None
+    if first == b"":
+        return TLSHandshakeError("tls_eof", "closed before sending a TLS ClientHello")
+    looks_like_http = openssl_reason in OPENSSL_HTTP_REASONS or (
+        first is not None and first.split(b" ", 1)[0] in HTTP_METHODS
+    )
+    if looks_like_http:
+        return TLSHandshakeError(
+            "tls_bad_handshake",
+            f"a plain-text HTTP request on a TLS port (first bytes {first!r}): "
+            "the client should use https://",
         )
-        if looks_like_http:
-            return TLSHandshakeError(
-                "tls_bad_handshake",
-                f"a plain-text HTTP request on a TLS port (first bytes {first!r}): "
-                "the client should use https://",
-            )
-        if first and first[0] != TLS_HANDSHAKE_RECORD:
-            return TLSHandshakeError(
-                "tls_bad_handshake", f"not a TLS ClientHello (first bytes {first!r})"
-            )
-        if isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError):
-            return TLSHandshakeError("tls_eof", f"closed mid-handshake: {exc}")
-        if openssl_reason is not None:
-            reason = SSL_REASONS.get(openssl_reason, "tls_other")
-            detail = getattr(exc, "verify_message", None) or openssl_reason
-            return TLSHandshakeError(reason, f"TLS handshake failed: {detail}")
-        if isinstance(exc, ConnectionError) or exc.errno in CONNECTION_GONE_ERRNOS:
-            return TLSHandshakeError("tls_eof", f"connection lost mid-handshake: {exc}")
-        return TLSHandshakeError("tls_other", f"TLS handshake failed: {exc}")
+    if first and first[0] != TLS_HANDSHAKE_RECORD:
+        return TLSHandshakeError(
+            "tls_bad_handshake", f"not a TLS ClientHello (first bytes {first!r})"
+        )
+    if isinstance(exc, ssl.SSLZeroReturnError | ssl.SSLEOFError):
+        return TLSHandshakeError("tls_eof", f"closed mid-handshake: {exc}")
+    if openssl_reason is not None:
+        reason = SSL_REASONS.get(openssl_reason, "tls_other")
+        detail = getattr(exc, "verify_message", None) or openssl_reason
+        return TLSHandshakeError(reason, f"TLS handshake failed: {detail}")
+    if isinstance(exc, ConnectionError) or exc.errno in CONNECTION_GONE_ERRNOS:
+        return TLSHandshakeError("tls_eof", f"connection lost mid-handshake: {exc}")
+    return TLSHandshakeError("tls_other", f"TLS handshake failed: {exc}")

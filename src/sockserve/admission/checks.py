@@ -25,6 +25,14 @@ Behind a proxy, everything from the client checks on (``verify_request`` and the
 handler too) sees the real client the PROXY header named, not the proxy: the peer
 checks are the only ones that judge the proxy itself.
 
+Preludes run by their ``order`` (``preludes.py``), then in the order they were added:
+the PROXY header first (``ORDER_FIRST``), users' preludes next, the TLS handshake last
+(``ORDER_LAST``, ``tls_prelude.py``) whenever they were added: a PROXY header comes
+before the ClientHello on the wire, and after the handshake the bytes are TLS records
+only the handler's ``SSLSocket`` may read. In async mode the
+event loop does the handshake (``aio/connections.py``), after the preludes and the
+client checks, in the request's task.
+
 A check may also hold something per admitted connection (a per-client count): if it has
 a ``release(client_address)`` method, the core calls it when that connection's work is
 finished, whatever the mode.

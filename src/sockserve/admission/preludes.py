@@ -95,37 +95,53 @@ def timeout_reason(prelude: Prelude) -> str:
     return f"{prelude.name}_timeout"
 
 
+def connection_of(run: PreludeRun | None, request: Any) -> Any:
+    """What to close when ``run`` is refused or runs out of time.
+
+    A run that replaces the socket object while it is still running (the TLS prelude
+    wraps it at its first step, which detaches the original object) says so in
+    ``run.connection``; the descriptor number never changes, so drivers key their
+    selectors by it.
+    """
+    return getattr(run, "connection", request) if run is not None else request
+
+
 def drive_blocking(
     preludes: Sequence[Prelude], request: Any, client_address: Any
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Run ``preludes`` in order on one connection, waiting in a private selector.
 
     Returns the final ``(request, client_address, details)`` or raises ``Refused`` (a
-    timeout too). The socket is left non-blocking; the caller restores what the handler
-    needs.
+    timeout too), whose ``connection`` is the object to close. The socket is left
+    non-blocking; the caller restores what the handler needs.
     """
     details: dict[str, Any] = {}
     for prelude in preludes:
         deadline = time.monotonic() + prelude.timeout
+        fd = request.fileno()  # kept: a run may swap the object, never the descriptor
         run = prelude.start(request, client_address)
-        with selectors.DefaultSelector() as selector:
-            registered: int | None = None
-            while True:
-                step = run.advance()
-                if isinstance(step, PreludeDone):
-                    request, client_address = step.request, step.client_address
-                    details.update(step.details)
-                    break
-                events = selectors.EVENT_READ if step == WANT_READ else selectors.EVENT_WRITE
-                if registered is None:
-                    selector.register(request, events)
-                elif registered != events:
-                    selector.modify(request, events)
-                registered = events
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not selector.select(remaining):
-                    raise Refused(
-                        timeout_reason(prelude),
-                        f"{prelude.name} not complete within {prelude.timeout:g} s",
-                    )
+        try:
+            with selectors.DefaultSelector() as selector:
+                registered: int | None = None
+                while True:
+                    step = run.advance()
+                    if isinstance(step, PreludeDone):
+                        request, client_address = step.request, step.client_address
+                        details.update(step.details)
+                        break
+                    events = selectors.EVENT_READ if step == WANT_READ else selectors.EVENT_WRITE
+                    if registered is None:
+                        selector.register(fd, events)
+                    elif registered != events:
+                        selector.modify(fd, events)
+                    registered = events
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not selector.select(remaining):
+                        raise Refused(
+                            timeout_reason(prelude),
+                            f"{prelude.name} not complete within {prelude.timeout:g} s",
+                        )
+        except Refused as why:
+            why.connection = connection_of(run, request)
+            raise
     return request, client_address, details

@@ -23,11 +23,16 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import socket
+import ssl
 from typing import Any
 
 from ..addresses import format_address
+from ..admission.tls_prelude import tls_holder
+from ..errors import TLSHandshakeError
 from ..handler_errors import call_handle_error, peer_fault_kind
 from ..serving.job import HANDLER_ERROR, RequestJob
+from ..tls import handshake_failure, tls_info
 from .fastpath import IMPLEMENTATION
 from .handlers import AsyncBaseRequestHandler
 from .inline import INLINE_RESUMPTION, await_handler
@@ -42,6 +47,22 @@ _Reader, _Writer, _Driver = (
 )
 
 log = logging.getLogger("sockserve.aio.connections")
+
+
+class _TLSReader(_Reader):  # type: ignore[valid-type,misc]
+    """The reader over the event loop's TLS transport.
+
+    A TLS stream cannot be half-closed (the client's close_notify or EOF ends it), so
+    asyncio and uvloop ignore ``eof_received``'s "keep the write side open" and asyncio
+    logs a warning each time it is asked: say no.
+    """
+
+    __slots__ = ()
+
+    def eof_received(self) -> bool:
+        super().eof_received()
+        return False
+
 
 #: After the handler, how long buffered replies may take to reach a client before the
 #: connection is aborted: long enough for a slow client, short enough that a client that
@@ -74,9 +95,17 @@ async def serve_stream(
     if not is_verified:
         server.shutdown_request(sock)
         return
-    reader = _Reader(loop, receive_view)
+    holder = tls_holder(server)
+    reader = _Reader(loop, receive_view) if holder is None else _TLSReader(loop, receive_view)
     try:
-        transport, _ = await loop.connect_accepted_socket(lambda: reader, sock)
+        if holder is None:
+            transport, _ = await loop.connect_accepted_socket(lambda: reader, sock)
+        else:
+            transport = await start_tls(server, reader, sock, holder.context)
+    except TLSHandshakeError as exc:
+        server._core.note_refusal(exc.reason, client_address, str(exc))
+        sock.close()
+        return
     except OSError as exc:
         server._core.count_outcome("reset")
         server._core.peer_fault_log.note(
@@ -89,8 +118,11 @@ async def serve_stream(
         raise
     writer = _Writer(transport, reader)
     request = (reader, writer)
-    if job.details:  # what the preludes learnt, readable as handler.proxy / handler.tls
-        server._core.register_details(request, job.details)
+    details = job.details
+    if holder is not None:
+        details = {**(details or {}), "tls": tls_info(transport.get_extra_info("ssl_object"))}
+    if details:  # what the preludes learnt, readable as handler.proxy / handler.tls
+        server._core.register_details(request, details)
     flush_seconds = 0.0  # unless the handler ends normally: cancelled, interrupted
     try:
         work = server.finish_request(request, client_address)
@@ -111,9 +143,40 @@ async def serve_stream(
         flush_seconds = CLOSE_FLUSH_SECONDS
         report_ending(server, exc, request, client_address)
     finally:
-        if job.details:
+        if details:
             server._core.forget_details(request)
         await close_stream(writer, reader, flush_seconds)
+
+
+async def start_tls(
+    server: Any, reader: Any, sock: socket.socket, context: ssl.SSLContext
+) -> asyncio.Transport:
+    """The event loop's TLS on an accepted socket: the transport once the handshake is done.
+
+    ``context`` is the holder's at accept time, so ``reload_tls`` reaches new connections
+    only. The loop bounds the handshake with ``handshake_timeout``. A failure raises
+    ``TLSHandshakeError`` with the reason the synchronous modes count, mapped from what
+    asyncio and uvloop raise: ``ssl.SSLError`` (OpenSSL's reason), ``ConnectionError``
+    (the client went away), a timeout (asyncio: ``ConnectionAbortedError`` or
+    ``TimeoutError``, uvloop: ``TimeoutError``).
+    """
+    loop = asyncio.get_running_loop()
+    timeout = float(server.handshake_timeout)
+    try:
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: reader, sock, ssl=context, ssl_handshake_timeout=timeout
+        )
+    except ssl.SSLError as exc:
+        raise handshake_failure(exc) from exc
+    except (TimeoutError, ConnectionAbortedError) as exc:
+        if isinstance(exc, TimeoutError) or "longer than" in str(exc):
+            raise TLSHandshakeError(
+                "tls_timeout", f"tls not complete within {timeout:g} s"
+            ) from exc
+        raise handshake_failure(exc) from exc
+    except OSError as exc:
+        raise handshake_failure(exc) from exc
+    return transport
 
 
 def _is_plain_handler(work: object) -> bool:

@@ -65,6 +65,9 @@ class AsyncServerMixIn:
     """
 
     event_loop: str = "auto"
+    #: ``ssl_context``: the event loop's own TLS does the handshake (``connections.py``),
+    #: not the selector loop's prelude.
+    _tls_on_event_loop = True
     slow_callback_duration: float | None = DEFAULT_SLOW_CALLBACK_SECONDS
 
     def __init__(

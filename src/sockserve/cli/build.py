@@ -17,8 +17,9 @@ from types import ModuleType
 from typing import Any
 
 from .. import servers
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, TLSConfigurationError
 from ..mixins import ThreadingMixIn, ThreadPoolMixIn
+from ..tls import ContextHolder
 from . import activation
 from .binds import Bind, transport_of
 from .config import Settings
@@ -145,6 +146,27 @@ RULES: list[Rule] = [
         lambda p: "--mode prefork serves one --bind; run one command per address",
     ),
     (
+        lambda p: (
+            not p.settings.given("tls-cert")
+            and (p.settings.given("tls-key") or p.settings.given("tls-ca"))
+        ),
+        lambda p: "--tls-key and --tls-ca need --tls-cert (the server's certificate)",
+    ),
+    (
+        lambda p: p.settings.given("tls-cert") and any(b.transport == "udp" for b in p.binds),
+        lambda p: (
+            "--tls-cert serves TLS, which needs a stream: udp:// binds cannot use it "
+            "(DTLS is not supported)"
+        ),
+    ),
+    (
+        lambda p: p.target.is_factory and p.settings.given("tls-cert"),
+        lambda p: (
+            f"{p.target.text} is a server factory: give its server ssl_context there; "
+            "--tls-cert applies to handler classes"
+        ),
+    ),
+    (
         lambda p: p.settings.given("unix-mode") and not any(b.is_unix_path for b in p.binds),
         lambda p: "--unix-mode applies to unix:/PATH binds only, and there is none",
     ),
@@ -181,10 +203,11 @@ def open_servers(plan: Plan) -> list[Any]:
             "name one (--bind systemd:NAME) or run one command per socket"
         )
     opened: list[Any] = []
+    tls = tls_context(plan.settings)  # one for every bind: one SIGHUP reload
     try:
         for index, (bind, inherited) in enumerate(openings):
             try:
-                opened.append(_open(plan, bind, inherited))
+                opened.append(_open(plan, bind, inherited, tls))
             except BaseException:
                 for _, unused in openings[index + 1 :]:
                     if unused is not None:
@@ -197,14 +220,36 @@ def open_servers(plan: Plan) -> list[Any]:
     return opened
 
 
-def _open(plan: Plan, bind: Bind, inherited: socket.socket | None) -> Any:
+def tls_context(settings: Settings) -> ContextHolder | None:
+    """The TLS context ``--tls-cert``/``--tls-key``/``--tls-ca`` ask for, kept with its
+    files so that SIGHUP can re-read them; None without ``--tls-cert``.
+
+    ``--tls-ca`` makes client certificates *required*: a CA file given on the command
+    line means "only clients with our certificates"; an optional client certificate is
+    for code that decides per request (``server_context(require_client_cert=False)``).
+    """
+    certfile = settings["tls-cert"]
+    if certfile is None:
+        return None
+    cafile = settings["tls-ca"]
+    try:
+        return ContextHolder.from_files(
+            certfile, settings["tls-key"], cafile=cafile, require_client_cert=cafile is not None
+        )
+    except TLSConfigurationError as exc:
+        raise TLSConfigurationError(f"--tls-cert/--tls-key/--tls-ca: {exc}", exc.path) from None
+
+
+def _open(
+    plan: Plan, bind: Bind, inherited: socket.socket | None, tls: ContextHolder | None = None
+) -> Any:
     transport = bind.transport if inherited is None else transport_of(inherited)
     address = bind.address if inherited is None else inherited.getsockname()
     try:
         if plan.target.is_factory:
             server = _from_factory(plan.target, address, inherited)
         else:
-            server = _from_handler(plan, transport, bind, address, inherited is not None)
+            server = _from_handler(plan, transport, bind, address, inherited is not None, tls)
     except BaseException:
         if inherited is not None:
             inherited.close()
@@ -235,7 +280,9 @@ def apply_settings(server: Any, settings: Settings) -> None:
         server.graceful_timeout = settings["drain-timeout"]
 
 
-def _from_handler(plan: Plan, transport: str, bind: Bind, address: Any, adopt: bool) -> Any:
+def _from_handler(
+    plan: Plan, transport: str, bind: Bind, address: Any, adopt: bool, tls: ContextHolder | None
+) -> Any:
     handler = plan.target.obj
     kind = handler_kind(handler)
     wanted = "datagram" if transport == "udp" else "stream" if transport == "tcp" else kind
@@ -247,7 +294,10 @@ def _from_handler(plan: Plan, transport: str, bind: Bind, address: Any, adopt: b
     if transport == "unix" and kind == "datagram":
         transport = "unix-datagram"
     server_class = _server_class(plan.mode, transport, plan.is_async)
-    server = server_class(address, handler, False, **_keywords(plan))
+    keywords = _keywords(plan)
+    if tls is not None:
+        keywords["ssl_context"] = tls
+    server = server_class(address, handler, False, **keywords)
     if not adopt:
         try:
             if bind.is_unix_path:

@@ -10,8 +10,10 @@ here waits without a bound: request threads are daemon threads (see ``build.py``
 ``server_close()`` — which may wait for them or for forked children, as the stdlib's
 does — runs on the stopper thread, which the main thread abandons when time is up.
 
-A pre-fork server is the exception: its master owns TERM and INT while it supervises, so
-it serves on the main thread and stops with its own ``graceful_timeout``.
+SIGHUP re-reads the TLS files (``--tls-cert``): new connections get the new certificate,
+live ones keep theirs. A pre-fork server is the exception: its master owns TERM, INT and
+HUP while it supervises (HUP re-reads the files, then restarts the workers with them),
+so it serves on the main thread and stops with its own ``graceful_timeout``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from ..admission.tls_prelude import tls_holder
+from ..errors import TLSConfigurationError
 from ..metrics import DrainReport
 from .service_manager import ServiceManagerLink
 
@@ -40,6 +44,8 @@ log = logging.getLogger("sockserve.cli")
 STOP_GRACE_SECONDS = 5.0
 #: The signals that stop the command (a second one of either stops it at once).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: The signal that re-reads the TLS files (an ACME client's deploy hook sends it).
+RELOAD_SIGNAL = getattr(signal, "SIGHUP", None)
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,8 @@ def serve_until_stopped(
     ``manager``: tell the service manager (``service_manager.py``) from this thread.
     """
     events = Mailbox()
-    with events, signals_recorded(events.post, wake_fd=events.wake_fd()):
+    handled = STOP_SIGNALS if RELOAD_SIGNAL is None else (*STOP_SIGNALS, RELOAD_SIGNAL)
+    with events, signals_recorded(events.post, wake_fd=events.wake_fd(), signals=handled):
         for server in servers:
             threading.Thread(
                 target=_serve, args=(server, events), name="sockserve-serve", daemon=True
@@ -157,7 +164,9 @@ def serve_until_stopped(
             if manager is not None:
                 manager.tick(is_ready=True, is_stopping=False)
             event = events.wait(tick_interval)
-            if isinstance(event, int):
+            if event == RELOAD_SIGNAL:
+                reload_tls_files(servers)
+            elif isinstance(event, int):
                 break
             if isinstance(event, LoopEnded):
                 close_all_quickly(servers)
@@ -187,6 +196,26 @@ def serve_prefork(
         server.serve_forever()
     server.server_close()
     return StopSummary(reports=(), seconds=None)
+
+
+def reload_tls_files(servers: Sequence[Any]) -> None:
+    """SIGHUP: re-read the TLS files of every server whose context came from files.
+
+    Bad files are logged and the current certificate stays: a botched renewal must not
+    take a serving process down. Servers sharing a context reload it once.
+    """
+    done: set[int] = set()
+    for server in servers:
+        holder = tls_holder(server)
+        if holder is None or holder.settings is None or id(holder) in done:
+            continue
+        done.add(id(holder))
+        try:
+            server.reload_tls()
+        except TLSConfigurationError as exc:
+            log.error("SIGHUP: %s; still serving the previous certificate", exc)
+        else:
+            log.info("SIGHUP: reloaded the TLS certificate from %s", holder.settings.certfile)
 
 
 def _serve(server: Any, events: Mailbox) -> None:
@@ -231,6 +260,8 @@ def _stop(
             break
         if isinstance(event, Stopped):
             return StopSummary(event.reports, time.monotonic() - started)
+        if event == RELOAD_SIGNAL:
+            continue  # stopping: no new connection will use a new certificate
         if isinstance(event, int):
             reason = f"second {signal.Signals(event).name}"
             break

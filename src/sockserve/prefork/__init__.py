@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 # Modules, not names: only what ``__all__`` lists is public here.
 from .. import errors, metrics, servers
+from ..admission import tls_prelude
 from ..errors import WorkerBootError
 from . import master, worker
 
@@ -83,7 +84,8 @@ class PreforkMixIn:
     kernel spreads connections; IP servers only).
 
     Signals (master): TERM, INT graceful stop (a second INT: fast); QUIT fast stop; HUP
-    rolling restart; TTIN one worker more; TTOU one fewer. Handlers are installed only when
+    re-read the TLS files (if ``ssl_context`` came from files) and restart the workers
+    one generation at a time; TTIN one worker more; TTOU one fewer. Handlers are installed only when
     ``serve_forever`` runs on the main thread, and the previous ones restored after.
 
     Resource handling: in ``serve_forever`` the master never accepts on its socket; the
@@ -183,6 +185,7 @@ class PreforkMixIn:
             partial(self._become_worker, poll_interval=poll_interval),
             on_ready=self._on_first_worker_ready,
             tasks=tuple(self._master_tasks),
+            on_hangup=self._reload_tls_files,
         )
         self._supervisor = supervisor
         try:
@@ -248,6 +251,29 @@ class PreforkMixIn:
         return metrics.DrainReport(
             finished=finished, aborted=aborted, seconds=time.monotonic() - started
         )
+
+    def reload_tls(self, context: Any = None) -> Any:
+        """New connections get ``context`` (or one rebuilt from the files), in every worker.
+
+        In the master the new context is installed here (bad files raise, and nothing
+        changes), then a rolling restart replaces the workers, which fork with it;
+        connections the old workers serve finish under their ``graceful_timeout``. A
+        worker's own call (or a master not serving) only swaps its context.
+        """
+        installed = super().reload_tls(context)  # type: ignore[misc]
+        supervisor = self._supervisor
+        if not self._is_prefork_worker and supervisor is not None:
+            supervisor.request("rolling_restart")
+        return installed
+
+    def _reload_tls_files(self) -> None:
+        """SIGHUP in the master: re-read the TLS files, if the context came from files."""
+        holder = tls_prelude.tls_holder(self)
+        if holder is not None and holder.settings is not None:
+            holder.reload_from_files()
+            master.log.info(
+                "SIGHUP: reloaded the TLS certificate from %s", holder.settings.certfile
+            )
 
     def worker_pids(self) -> list[int]:
         """The pids of the live worker processes (empty unless ``serve_forever`` runs)."""

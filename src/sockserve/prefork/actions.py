@@ -23,7 +23,7 @@ SIGNAL_ACTIONS: dict[int, str] = {
         ("SIGTERM", "graceful_stop"),
         ("SIGINT", "interrupt"),  # graceful stop; a second one stops fast
         ("SIGQUIT", "fast_stop"),
-        ("SIGHUP", "rolling_restart"),
+        ("SIGHUP", "hangup"),  # reload (TLS files), then a rolling restart
         ("SIGTTIN", "add_worker"),
         ("SIGTTOU", "remove_worker"),
     )

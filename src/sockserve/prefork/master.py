@@ -81,9 +81,10 @@ class Supervisor:
     """Runs the master loop for one ``serve_forever`` call.
 
     ``start_worker(link)`` runs in the forked child and never returns. ``on_ready()`` is
-    called once, when the first worker is ready. ``tasks`` run on every turn of the
-    loop (an exception is logged, the loop goes on). ``request(action)`` may be called
-    from any thread or signal handler.
+    called once, when the first worker is ready; ``on_hangup()`` on SIGHUP, on the loop's
+    thread, before the rolling restart. ``tasks`` run on every turn of the loop (an
+    exception is logged, the loop goes on). ``request(action)`` may be called from any
+    thread or signal handler.
     """
 
     def __init__(
@@ -93,9 +94,11 @@ class Supervisor:
         *,
         on_ready: Callable[[], None] = lambda: None,
         tasks: tuple[MasterTask, ...] = (),
+        on_hangup: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self._tasks = tasks
+        self._on_hangup = on_hangup
         self.target = settings.workers
         self._start_worker = start_worker
         self._workers: dict[int, WorkerProcess] = {}
@@ -105,6 +108,7 @@ class Supervisor:
             "interrupt": self._interrupt,
             "fast_stop": self._begin_fast_stop,
             "rolling_restart": self._begin_rolling_restart,
+            "hangup": self._hangup,
             "add_worker": self._add_worker,
             "remove_worker": self._remove_worker,
         }
@@ -406,6 +410,17 @@ class Supervisor:
             return
         self._generation += 1
         log.info("rolling restart: starting %d new workers", self.target)
+
+    def _hangup(self) -> None:
+        """SIGHUP: ``on_hangup`` (re-read what the workers are built from: the TLS
+        files), then a rolling restart, so the new workers fork with what it read."""
+        if self._stopping:
+            return
+        try:
+            self._on_hangup()
+        except Exception:
+            log.exception("SIGHUP: reloading failed; restarting the workers as they were")
+        self._begin_rolling_restart()
 
     def _add_worker(self) -> None:
         if not self._stopping:

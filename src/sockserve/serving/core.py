@@ -180,8 +180,7 @@ class ServingCore:
         overloaded: bool = False,
     ) -> None:
         """Count, log once per episode, and close a refused connection."""
-        self.limiter.reject(reason)
-        self.refusals.note(reason, f"{format_address(client_address)}: {message}")
+        self.note_refusal(reason, client_address, message)
         try:
             if overloaded:
                 server.handle_overload(request, client_address)
@@ -192,6 +191,12 @@ class ServingCore:
                 server.shutdown_request(request)
             except OSError:
                 pass  # the peer is gone already; nothing left to close cleanly
+
+    def note_refusal(self, reason: str, client_address: Any, message: str) -> None:
+        """Count and log (once per episode) a refusal whose connection is closed elsewhere
+        (the async mode's TLS handshake fails inside the request's task)."""
+        self.limiter.reject(reason)
+        self.refusals.note(reason, f"{format_address(client_address)}: {message}")
 
     def note_dropped(self, reason: str, detail: str) -> None:
         """A datagram dropped before it became a request: counted with the refusals."""

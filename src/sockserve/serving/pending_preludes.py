@@ -20,16 +20,35 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..admission.checks import Refused
-from ..admission.preludes import WANT_READ, Prelude, PreludeDone, PreludeRun, timeout_reason
+from ..admission.preludes import (
+    WANT_READ,
+    Prelude,
+    PreludeDone,
+    PreludeRun,
+    connection_of,
+    timeout_reason,
+)
 
 
 class _Pending:
     """One connection between its first and its last prelude."""
 
-    __slots__ = ("request", "client_address", "details", "index", "run", "deadline", "events")
+    __slots__ = (
+        "request",
+        "client_address",
+        "details",
+        "index",
+        "run",
+        "deadline",
+        "events",
+        "fd",
+    )
 
     def __init__(self, request: Any, client_address: Any) -> None:
         self.request = request
+        #: Kept, not asked for: a run may swap the socket object (TLS wraps it, which
+        #: detaches the original), never the descriptor.
+        self.fd: int = request.fileno()
         self.client_address = client_address
         self.details: dict[str, Any] = {}
         self.index = 0
@@ -80,7 +99,7 @@ class PendingPreludes:
                 prelude = self._preludes[pending.index]
                 self._forget(fd)
                 self._on_refused(
-                    pending.request,
+                    connection_of(pending.run, pending.request),
                     pending.client_address,
                     Refused(
                         timeout_reason(prelude),
@@ -90,13 +109,13 @@ class PendingPreludes:
 
     def abandon_all(self) -> list[tuple[Any, Any]]:
         """The loop is stopping: unregister every pending connection and return them."""
-        left = [(p.request, p.client_address) for p in self._pending.values()]
+        left = [(connection_of(p.run, p.request), p.client_address) for p in self._pending.values()]
         for fd in list(self._pending):
             self._forget(fd)
         return left
 
     def _advance(self, pending: _Pending) -> None:
-        fd = pending.request.fileno()
+        fd = pending.fd
         try:
             while True:
                 if pending.run is None:
@@ -112,13 +131,17 @@ class PendingPreludes:
                 pending.index += 1
                 self._forget(fd)  # the next prelude may hand on another socket object
                 if pending.index == len(self._preludes):
+                    # An SSLSocket too: blocking for the handler, its buffered bytes
+                    # (pending()) left for the handler to read; nothing here waits on it.
                     pending.request.setblocking(True)
                     self._on_done(pending.request, pending.client_address, pending.details)
                     return
-                fd = pending.request.fileno()
+                fd = pending.fd = pending.request.fileno()
         except Refused as why:
             self._forget(fd)
-            self._on_refused(pending.request, pending.client_address, why)
+            self._on_refused(
+                connection_of(pending.run, pending.request), pending.client_address, why
+            )
             return
         events = selectors.EVENT_READ if step == WANT_READ else selectors.EVENT_WRITE
         if fd not in self._pending:

@@ -123,6 +123,8 @@ class ServeLoop(LoopThreads):
                 self._preludes_of[thread] = preludes
                 try:
                     self._run(server, selector, preludes, poll_interval)
+                    if self.core.is_draining and len(preludes):
+                        self._finish_preludes(server, selector, preludes)
                 finally:
                     del self._preludes_of[thread]
                     for request, address in preludes.abandon_all():
@@ -176,6 +178,29 @@ class ServeLoop(LoopThreads):
                 preludes.expire(time.monotonic())
             core.tick()
             server.service_actions()
+
+    def _finish_preludes(
+        self, server: Server, selector: selectors.BaseSelector, preludes: PendingPreludes
+    ) -> None:
+        """Draining: finish the preludes already under way, each within its deadline.
+
+        Those connections are this loop's alone (accepted, mid-handshake): stopping now
+        would reset them, even in a pre-fork rolling restart where other workers go on.
+        Nothing new is accepted; the drain's own deadline still bounds the wait for us.
+        """
+        try:
+            selector.unregister(server)
+        except (KeyError, ValueError):
+            pass  # out of the selector already (no room, or backing off)
+        wakeup = self._wakeup
+        assert wakeup is not None
+        while len(preludes):
+            for key, _ in selector.select(_earliest(None, None, preludes.next_deadline())):
+                if key.data is preludes:
+                    preludes.on_ready(key)
+                elif key.data == "wakeup":
+                    discard_wakeups(wakeup[0])
+            preludes.expire(time.monotonic())
 
     def _should_accept(self, server: Server, in_preludes: int) -> tuple[bool, float | None]:
         """Whether to watch the listener now, and how long at most to wait otherwise."""
@@ -277,7 +302,7 @@ class ServeLoop(LoopThreads):
                 )
                 request.setblocking(True)
             except Refused as why:
-                self._refuse(server, request, client_address, why)
+                self._refuse(server, why.connection or request, client_address, why)
                 return True
         self._dispatch(server, request, client_address, details)
         return True
