@@ -19,18 +19,23 @@ from .errors import (
     AddressInUseError,
     BindError,
     ConfigurationError,
+    ConnectionDeadlineError,
     HandlerClassError,
     HostResolutionError,
+    IdleTimeoutError,
     LineTooLongError,
     PeerProtocolError,
     PortOutOfRangeError,
     ProxyHeaderError,
+    SlowPeerError,
     SocketActivationError,
     SockserveError,
     SystemdEnvironmentError,
     TLSConfigurationError,
     TLSHandshakeError,
+    TransferTooSlowError,
     UnixSocketPathExistsError,
+    WriteTimeoutError,
 )
 from .handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from .metrics import DrainReport, ServerStats
@@ -93,6 +98,11 @@ __all__ = [
     "SocketActivationError",
     "TLSConfigurationError",
     "TLSHandshakeError",
+    "SlowPeerError",
+    "IdleTimeoutError",
+    "ConnectionDeadlineError",
+    "TransferTooSlowError",
+    "WriteTimeoutError",
 ]
 
 

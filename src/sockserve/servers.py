@@ -35,8 +35,10 @@ from .errors import ConfigurationError, HandlerClassError
 from .handler_errors import peer_fault_kind
 from .listeners import bind_socket, listen_socket
 from .metrics import DrainReport, ServerStats
+from .serving.connection_watch import ConnectionWatch, SweepThread, threaded_watch
 from .serving.core import ServingCore
 from .serving.selector_loop import ServeLoop, Server
+from .slow_clients import DEFAULT_MIN_TRANSFER_WINDOW, LIMIT_NAMES, SlowClientLimits
 from .sockets import (
     UnixSocketFile,
     apply_unix_socket_mode,
@@ -90,6 +92,12 @@ class BaseServer:
       order ``admission/checks.py`` writes down, in every mode.
     - ``draining``: True once ``drain()`` began; a handler may end a keep-alive
       connection early.
+    - Slow-client limits for stream servers (``slow_clients.py``), class attributes
+      and constructor keywords, each None (off, the stdlib's behaviour) by default:
+      ``idle_timeout``, ``connection_deadline``, ``min_transfer_rate`` (bytes/s over
+      ``min_transfer_window`` seconds, default 10) and ``write_timeout``. A connection
+      over one is cut, counted in ``stats().peer_faults`` (``"idle_timeout"``,
+      ``"deadline"``, ``"too_slow"``, ``"write_timeout"``) and logged once per episode.
 
     Class attributes: ``timeout``, ``address_family``, ``socket_type``,
     ``allow_reuse_address``, ``allow_reuse_port``; and sockserve's ``max_connections``
@@ -111,6 +119,12 @@ class BaseServer:
     #: Connections that may be in their preludes at once; past it the loop stops
     #: accepting until one finishes (stalled clients cannot exhaust descriptors).
     max_pending_preludes: int = DEFAULT_MAX_PENDING_PRELUDES
+    #: Slow-client limits (``slow_clients.py``); None turns one off.
+    idle_timeout: float | None = None
+    connection_deadline: float | None = None
+    min_transfer_rate: float | None = None
+    min_transfer_window: float = DEFAULT_MIN_TRANSFER_WINDOW
+    write_timeout: float | None = None
     #: Whether the dispatcher runs requests off the loop's thread (the mixins say yes);
     #: only then does ``drain`` serve the connections the kernel had already queued.
     _dispatches_off_loop = False
@@ -125,6 +139,11 @@ class BaseServer:
         *,
         max_connections: int | None = None,
         overload_policy: str | None = None,
+        idle_timeout: float | None = None,
+        connection_deadline: float | None = None,
+        min_transfer_rate: float | None = None,
+        min_transfer_window: float | None = None,
+        write_timeout: float | None = None,
     ) -> None:
         if not callable(RequestHandlerClass):
             raise HandlerClassError(
@@ -146,10 +165,16 @@ class BaseServer:
             self.max_connections = max_connections
         if overload_policy is not None:
             self.overload_policy = overload_policy
+        given = (idle_timeout, connection_deadline, min_transfer_rate, min_transfer_window)
+        for name, value in zip(LIMIT_NAMES, (*given, write_timeout), strict=True):
+            if value is not None:
+                setattr(self, name, value)
         self._check_settings()
+        self._configure_connection_watch()
 
     def _check_settings(self) -> None:
         """Refuse nonsensical settings at construction; mixins extend this."""
+        SlowClientLimits.of(self)
         limit = self.max_connections
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise ConfigurationError(
@@ -164,6 +189,37 @@ class BaseServer:
     def _make_serve_loop(self, core: ServingCore) -> ServeLoop:
         """The loop that drives ``core``; the async mode builds its own instead."""
         return ServeLoop(core)
+
+    # -- slow clients ------------------------------------------------------------------
+
+    def _configure_connection_watch(self) -> None:
+        """Watch connections for the slow-client limits now set (at construction, and
+        again when serving starts, so attributes set in between count)."""
+        limits = SlowClientLimits.of(self)
+        core = self._core
+        current = core.connection_watch
+        if current is not None and current.limits == limits and not current.is_closed:
+            return
+        self._stop_connection_watch()
+        is_stream = getattr(self, "socket_type", socket.SOCK_STREAM) == socket.SOCK_STREAM
+        if limits.is_on and is_stream:
+            core.connection_watch = self._make_connection_watch(limits)
+
+    def _make_connection_watch(self, limits: SlowClientLimits) -> ConnectionWatch:
+        """A watch swept by a thread; the async mode sweeps on its event loop instead."""
+        watch, self._connection_sweeper = threaded_watch(limits)
+        return watch
+
+    def _stop_connection_watch(self) -> None:
+        watch = self._core.connection_watch
+        if watch is None:
+            return
+        self._core.connection_watch = None
+        sweeper: SweepThread | None = vars(self).pop("_connection_sweeper", None)
+        if sweeper is not None:
+            sweeper.stop(watch)
+        else:
+            watch.close()
 
     def add_admission_check(self, check: AdmissionCheck) -> None:
         """Add an instant check (see ``admission/checks.py``); after the built-in ones."""
@@ -228,6 +284,7 @@ class BaseServer:
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Handle requests until ``shutdown()``; ``service_actions`` every turn."""
+        self._configure_connection_watch()
         self._serve_loop.serve_forever(self._hooks(), poll_interval)
 
     def shutdown(self) -> None:
@@ -262,6 +319,7 @@ class BaseServer:
         """Handle one request, waiting at most ``timeout`` (then ``handle_timeout()``)."""
         sock = getattr(self, "socket", None)
         socket_timeout = sock.gettimeout() if sock is not None else None
+        self._configure_connection_watch()
         return self._serve_loop.handle_request(self._hooks(), socket_timeout)
 
     def _handle_request_noblock(self) -> bool:
@@ -276,12 +334,13 @@ class BaseServer:
         return True
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve the request here and now; the mixins override this."""
-        self.finish_request(request, client_address)
-        self.shutdown_request(request)
+        """Serve the request here and now (``finish_request``, then ``shutdown_request``;
+        ``handle_error`` if it raised); the mixins override this."""
+        self._core.claim(self, request, client_address).run()
 
     def server_close(self) -> None:
         """Release the server's resources."""
+        self._stop_connection_watch()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Run the handler on the request."""
@@ -357,6 +416,11 @@ class TCPServer(BaseServer):
         dual_stack: bool | None = None,
         max_connections: int | None = None,
         overload_policy: str | None = None,
+        idle_timeout: float | None = None,
+        connection_deadline: float | None = None,
+        min_transfer_rate: float | None = None,
+        min_transfer_window: float | None = None,
+        write_timeout: float | None = None,
     ) -> None:
         BaseServer.__init__(
             self,
@@ -364,6 +428,11 @@ class TCPServer(BaseServer):
             RequestHandlerClass,
             max_connections=max_connections,
             overload_policy=overload_policy,
+            idle_timeout=idle_timeout,
+            connection_deadline=connection_deadline,
+            min_transfer_rate=min_transfer_rate,
+            min_transfer_window=min_transfer_window,
+            write_timeout=write_timeout,
         )
         if dual_stack is not None:
             self.dual_stack = dual_stack
@@ -408,6 +477,7 @@ class TCPServer(BaseServer):
 
     def server_close(self) -> None:
         """Close the listening socket (and remove the Unix socket file we created)."""
+        self._stop_connection_watch()
         self.socket.close()
         self._remove_unix_path()
 
