@@ -509,6 +509,7 @@ LAYERS: list[tuple[str, ...]] = [
         "access",
         "client_limits",
         "line_buffer",
+        "slow_clients",
         "proxy_protocol",
         "proxy_protocol.*",
         "tls",
@@ -517,6 +518,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("dispatch", "dispatch.*"),
     ("handlers", "handler_errors"),
     # The serving core: the request's job, the core, then the selector loop driving it.
+    ("serving.connection_watch",),
     ("serving.job",),
     ("serving.core",),
     ("serving.loop_threads", "serving.pending_preludes"),

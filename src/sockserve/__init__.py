@@ -20,21 +20,26 @@ from .errors import (
     BindError,
     ClientsDidNotFinish,
     ConfigurationError,
+    ConnectionDeadlineError,
     HandlerClassError,
     HostResolutionError,
+    IdleTimeoutError,
     LineTooLongError,
     PeerProtocolError,
     PortOutOfRangeError,
     ProxyHeaderError,
     Refused,
     ServerDidNotStop,
+    SlowPeerError,
     SocketActivationError,
     SockserveError,
     SystemdEnvironmentError,
     TLSConfigurationError,
     TLSHandshakeError,
+    TransferTooSlowError,
     UnixSocketPathExistsError,
     WorkerBootError,
+    WriteTimeoutError,
 )
 from .handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from .metrics import DrainReport, ServerStats
@@ -101,6 +106,11 @@ __all__ = [
     "WorkerBootError",
     "ServerDidNotStop",
     "ClientsDidNotFinish",
+    "SlowPeerError",
+    "IdleTimeoutError",
+    "ConnectionDeadlineError",
+    "TransferTooSlowError",
+    "WriteTimeoutError",
 ]
 
 

@@ -26,6 +26,12 @@
     │                               did not stop within its deadline
     ├── ClientsDidNotFinish         (also TimeoutError)  sockserve.testing: clients still
     │                               running at run_concurrently's timeout
+    ├── SlowPeerError               (also TimeoutError)  the server cut a connection that
+    │   │                           broke one of its slow-client limits; ``kind`` names it
+    │   ├── IdleTimeoutError        nothing moved for ``idle_timeout`` seconds
+    │   ├── ConnectionDeadlineError alive longer than ``connection_deadline``
+    │   ├── TransferTooSlowError    sending slower than ``min_transfer_rate`` (slowloris)
+    │   └── WriteTimeoutError       not reading our replies for ``write_timeout`` seconds
     └── PeerProtocolError           (also ValueError)  the peer's fault: its bytes break the
         │                           protocol; ``reason`` names the rule, ``reply`` is what
         │                           to send before closing (empty: close at once)
@@ -120,6 +126,42 @@ class UnixSocketPathExistsError(AddressInUseError):
 
 class ReadTimeoutError(SockserveError, TimeoutError):
     """Async mode: no data arrived within the handler's ``timeout`` seconds."""
+
+
+class SlowPeerError(SockserveError, TimeoutError):
+    """The server cut a connection that broke a slow-client limit (``slow_clients.py``).
+
+    ``kind`` is the peer-fault kind counted in ``stats().peer_faults``. A
+    ``TimeoutError``, as a socket timeout is, so ``except TimeoutError`` keeps matching.
+    """
+
+    kind = "slow_peer"
+
+
+class IdleTimeoutError(SlowPeerError):
+    """No byte arrived (and none of ours was acknowledged) for ``idle_timeout`` seconds."""
+
+    kind = "idle_timeout"
+
+
+class ConnectionDeadlineError(SlowPeerError):
+    """The connection outlived ``connection_deadline`` seconds."""
+
+    kind = "deadline"
+
+
+class TransferTooSlowError(SlowPeerError):
+    """The client sent, over ``min_transfer_window`` seconds, slower than
+    ``min_transfer_rate`` bytes/s while the server waited for it (slowloris)."""
+
+    kind = "too_slow"
+
+
+class WriteTimeoutError(SlowPeerError):
+    """Our replies were waiting to be sent and the client acknowledged none of them for
+    ``write_timeout`` seconds (it does not read)."""
+
+    kind = "write_timeout"
 
 
 class TLSConfigurationError(ConfigurationError, OSError):

@@ -19,6 +19,12 @@ from .addresses import format_address
 
 #: Exceptions that mean the client ended the conversation, by the kind counted.
 PEER_FAULT_KINDS: tuple[tuple[type[BaseException], str], ...] = (
+    # The server's slow-client limits (slow_clients.py): before TimeoutError, whose
+    # subclasses they are.
+    (errors.IdleTimeoutError, "idle_timeout"),
+    (errors.ConnectionDeadlineError, "deadline"),
+    (errors.TransferTooSlowError, "too_slow"),
+    (errors.WriteTimeoutError, "write_timeout"),
     (ConnectionError, "reset"),  # reset, broken pipe, aborted: the peer is gone
     (TimeoutError, "timeout"),  # socket.timeout and ReadTimeoutError: a silent peer
     (errors.LineTooLongError, "line_too_long"),  # over the handler's max_line_length

@@ -46,8 +46,10 @@ from .listeners import bind_socket, listen_socket
 from .metrics import DrainReport, ServerStats
 from .policy import ServerPolicy, current_policy
 from .proxy_protocol import V2_DEFAULT_MAX_BYTES
+from .serving.connection_watch import ConnectionWatch, SweepThread, threaded_watch
 from .serving.core import ServingCore
 from .serving.selector_loop import ServeLoop, Server
+from .slow_clients import DEFAULT_MIN_TRANSFER_WINDOW, LIMIT_NAMES, SlowClientLimits
 from .sockets import (
     UnixSocketFile,
     apply_unix_socket_mode,
@@ -106,6 +108,12 @@ class BaseServer:
       ``proxy_header_timeout``, ``proxy_header_max``, as attributes or keywords; the
       handler sees the real client as ``client_address`` and the header as
       ``self.proxy``. See docs/behind-a-proxy.md.
+    - Slow-client limits for stream servers (``slow_clients.py``), class attributes
+      and constructor keywords, each None (off, the stdlib's behaviour) by default:
+      ``idle_timeout``, ``connection_deadline``, ``min_transfer_rate`` (bytes/s over
+      ``min_transfer_window`` seconds, default 10) and ``write_timeout``. A connection
+      over one is cut, counted in ``stats().peer_faults`` (``"idle_timeout"``,
+      ``"deadline"``, ``"too_slow"``, ``"write_timeout"``) and logged once per episode.
 
     Class attributes: ``timeout``, ``address_family``, ``socket_type``,
     ``allow_reuse_address``, ``allow_reuse_port``; and sockserve's ``max_connections``
@@ -132,6 +140,12 @@ class BaseServer:
     trusted_proxies: NetworkList | Sequence[str] | None = None
     proxy_header_timeout: float = DEFAULT_PROXY_HEADER_TIMEOUT
     proxy_header_max: int = V2_DEFAULT_MAX_BYTES
+    #: Slow-client limits (``slow_clients.py``); None turns one off.
+    idle_timeout: float | None = None
+    connection_deadline: float | None = None
+    min_transfer_rate: float | None = None
+    min_transfer_window: float = DEFAULT_MIN_TRANSFER_WINDOW
+    write_timeout: float | None = None
     #: Whether the dispatcher runs requests off the loop's thread (the mixins say yes);
     #: only then does ``drain`` serve the connections the kernel had already queued.
     _dispatches_off_loop = False
@@ -150,6 +164,11 @@ class BaseServer:
         trusted_proxies: NetworkList | Sequence[str] | None = None,
         proxy_header_timeout: float | None = None,
         proxy_header_max: int | None = None,
+        idle_timeout: float | None = None,
+        connection_deadline: float | None = None,
+        min_transfer_rate: float | None = None,
+        min_transfer_window: float | None = None,
+        write_timeout: float | None = None,
     ) -> None:
         if not callable(RequestHandlerClass):
             raise HandlerClassError(
@@ -171,10 +190,15 @@ class BaseServer:
             self.max_connections = max_connections
         if overload_policy is not None:
             self.overload_policy = overload_policy
+        given = (idle_timeout, connection_deadline, min_transfer_rate, min_transfer_window)
+        for name, value in zip(LIMIT_NAMES, (*given, write_timeout), strict=True):
+            if value is not None:
+                setattr(self, name, value)
         policy = current_policy()
         if policy is not None:
             self._apply_policy(policy)
         self._check_settings()
+        self._configure_connection_watch()
         proxy = proxy_protocol_setup(
             self,
             proxy_protocol=proxy_protocol,
@@ -196,6 +220,7 @@ class BaseServer:
 
     def _check_settings(self) -> None:
         """Refuse nonsensical settings at construction; mixins extend this."""
+        SlowClientLimits.of(self)
         limit = self.max_connections
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise ConfigurationError(
@@ -210,6 +235,37 @@ class BaseServer:
     def _make_serve_loop(self, core: ServingCore) -> ServeLoop:
         """The loop that drives ``core``; the async mode builds its own instead."""
         return ServeLoop(core)
+
+    # -- slow clients ------------------------------------------------------------------
+
+    def _configure_connection_watch(self) -> None:
+        """Watch connections for the slow-client limits now set (at construction, and
+        again when serving starts, so attributes set in between count)."""
+        limits = SlowClientLimits.of(self)
+        core = self._core
+        current = core.connection_watch
+        if current is not None and current.limits == limits and not current.is_closed:
+            return
+        self._stop_connection_watch()
+        is_stream = getattr(self, "socket_type", socket.SOCK_STREAM) == socket.SOCK_STREAM
+        if limits.is_on and is_stream:
+            core.connection_watch = self._make_connection_watch(limits)
+
+    def _make_connection_watch(self, limits: SlowClientLimits) -> ConnectionWatch:
+        """A watch swept by a thread; the async mode sweeps on its event loop instead."""
+        watch, self._connection_sweeper = threaded_watch(limits)
+        return watch
+
+    def _stop_connection_watch(self) -> None:
+        watch = self._core.connection_watch
+        if watch is None:
+            return
+        self._core.connection_watch = None
+        sweeper: SweepThread | None = vars(self).pop("_connection_sweeper", None)
+        if sweeper is not None:
+            sweeper.stop(watch)
+        else:
+            watch.close()
 
     def add_admission_check(self, check: AdmissionCheck) -> None:
         """Add an instant check (see ``admission/checks.py``); after the built-in ones."""
@@ -274,6 +330,7 @@ class BaseServer:
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Handle requests until ``shutdown()``; ``service_actions`` every turn."""
+        self._configure_connection_watch()
         self._serve_loop.serve_forever(self._hooks(), poll_interval)
 
     def shutdown(self) -> None:
@@ -309,6 +366,7 @@ class BaseServer:
         """Handle one request, waiting at most ``timeout`` (then ``handle_timeout()``)."""
         sock = getattr(self, "socket", None)
         socket_timeout = sock.gettimeout() if sock is not None else None
+        self._configure_connection_watch()
         return self._serve_loop.handle_request(self._hooks(), socket_timeout)
 
     def _handle_request_noblock(self) -> bool:
@@ -323,12 +381,13 @@ class BaseServer:
         return True
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve the request here and now; the mixins override this."""
-        self.finish_request(request, client_address)
-        self.shutdown_request(request)
+        """Serve the request here and now (``finish_request``, then ``shutdown_request``;
+        ``handle_error`` if it raised); the mixins override this."""
+        self._core.claim(self, request, client_address).run()
 
     def server_close(self) -> None:
         """Release the server's resources."""
+        self._stop_connection_watch()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Run the handler on the request."""
@@ -413,6 +472,11 @@ class TCPServer(BaseServer):
         proxy_header_timeout: float | None = None,
         proxy_header_max: int | None = None,
         ssl_context: Any = None,
+        idle_timeout: float | None = None,
+        connection_deadline: float | None = None,
+        min_transfer_rate: float | None = None,
+        min_transfer_window: float | None = None,
+        write_timeout: float | None = None,
     ) -> None:
         BaseServer.__init__(
             self,
@@ -424,6 +488,11 @@ class TCPServer(BaseServer):
             trusted_proxies=trusted_proxies,
             proxy_header_timeout=proxy_header_timeout,
             proxy_header_max=proxy_header_max,
+            idle_timeout=idle_timeout,
+            connection_deadline=connection_deadline,
+            min_transfer_rate=min_transfer_rate,
+            min_transfer_window=min_transfer_window,
+            write_timeout=write_timeout,
         )
         if dual_stack is not None:
             self.dual_stack = dual_stack
@@ -472,6 +541,7 @@ class TCPServer(BaseServer):
 
     def server_close(self) -> None:
         """Close the listening socket (and remove the Unix socket file we created)."""
+        self._stop_connection_watch()
         self.socket.close()
         self._remove_unix_path()
 

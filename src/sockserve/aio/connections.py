@@ -14,7 +14,11 @@ How a request can end (the same policy as the synchronous modes, ``handler_error
   per episode, without a traceback;
 * any other exception: counted as a handler error and given to ``handle_error`` (which
   logs the traceback with the client address);
-* cancelled (``shutdown()``, ``drain()`` at its deadline): the connection is closed.
+* cancelled (``shutdown()``, ``drain()`` at its deadline): the connection is closed;
+* cut for breaking a slow-client limit (``serving/connection_watch.py``; swept here by a
+  timer on the loop, ``sweep_on_loop``): the transport is aborted and the handler's
+  pending read raises the breach (``IdleTimeoutError``...), its ``drain()`` a reset;
+  either way the breach is what is counted and reported.
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ import inspect
 import logging
 import socket
 import ssl
+from functools import partial
 from typing import Any
 
 from ..addresses import format_address
 from ..admission.tls_prelude import tls_holder
-from ..errors import TLSHandshakeError
+from ..errors import SlowPeerError, TLSHandshakeError
 from ..handler_errors import call_handle_error, peer_fault_kind
+from ..serving.connection_watch import ConnectionWatch
 from ..serving.job import HANDLER_ERROR, RequestJob
 from ..tls import handshake_failure, tls_info
 from .fastpath import IMPLEMENTATION
@@ -124,6 +130,10 @@ async def serve_stream(
     if details:  # what the preludes learnt, readable as handler.proxy / handler.tls
         server._core.register_details(request, details)
     flush_seconds = 0.0  # unless the handler ends normally: cancelled, interrupted
+    watch: ConnectionWatch | None = server._core.connection_watch
+    watched = None
+    if watch is not None:
+        watched = watch.add(transport.get_extra_info("socket"), partial(_cut, reader, transport))
     try:
         work = server.finish_request(request, client_address)
         if context is None or not INLINE_RESUMPTION:
@@ -139,10 +149,18 @@ async def serve_stream(
         else:
             await _Driver(await_handler(work), reader, context)
         flush_seconds = CLOSE_FLUSH_SECONDS
+        breach, watched = _unwatch(watch, watched), None
+        if breach is not None:  # the handler took the cut for an end of stream
+            _report_breach(server, breach, None, request, client_address)
     except Exception as exc:
         flush_seconds = CLOSE_FLUSH_SECONDS
-        report_ending(server, exc, request, client_address)
+        breach, watched = _unwatch(watch, watched), None
+        if breach is None or breach is exc:
+            report_ending(server, exc, request, client_address)
+        else:
+            _report_breach(server, breach, exc, request, client_address)
     finally:
+        _unwatch(watch, watched)
         if details:
             server._core.forget_details(request)
         await close_stream(writer, reader, flush_seconds)
@@ -177,6 +195,46 @@ async def start_tls(
     except OSError as exc:
         raise handshake_failure(exc) from exc
     return transport
+
+
+def _unwatch(watch: ConnectionWatch | None, watched: Any) -> SlowPeerError | None:
+    """Stop watching (if watched); the limit the connection broke, or None."""
+    if watch is None or watched is None:
+        return None
+    breach: SlowPeerError | None = watch.remove(watched)
+    return breach
+
+
+def _cut(reader: StreamReader, transport: Any, breach: SlowPeerError) -> None:
+    """Cut a connection over a slow-client limit: its pending read raises ``breach``."""
+    if reader.flow.exception is None:
+        reader.flow.exception = breach
+    transport.abort()
+
+
+def _report_breach(
+    server: Any,
+    breach: SlowPeerError,
+    cause: BaseException | None,
+    request: Any,
+    client_address: Any,
+) -> None:
+    try:
+        raise breach from cause  # handle_error reads the exception being handled
+    except SlowPeerError as exc:
+        report_ending(server, exc, request, client_address)
+
+
+def sweep_on_loop(watch: ConnectionWatch) -> None:
+    """The async mode's sweeper: a timer on the running loop, re-armed while it has work."""
+    loop = asyncio.get_running_loop()
+    interval = watch.limits.sweep_seconds
+
+    def sweep() -> None:
+        if watch.sweep():
+            loop.call_later(interval, sweep)
+
+    loop.call_later(interval, sweep)
 
 
 def _is_plain_handler(work: object) -> bool:

@@ -16,7 +16,10 @@ from typing import Any
 from ..errors import ConfigurationError
 from ..metrics import DrainReport, ServerStats
 from ..servers import TCPServer, UDPServer
+from ..serving.connection_watch import ConnectionWatch
 from ..serving.core import ServingCore
+from ..slow_clients import SlowClientLimits
+from .connections import sweep_on_loop
 from .loop import LoopFactory, choose_loop_factory
 from .serve_loop import AsyncServeLoop
 
@@ -92,6 +95,10 @@ class AsyncServerMixIn:
         self._aio = AsyncServeLoop(core)
         return None
 
+    def _make_connection_watch(self, limits: SlowClientLimits) -> ConnectionWatch:
+        """Slow clients are judged on the event loop (a timer), not on a thread."""
+        return ConnectionWatch(limits, sweep_on_loop)
+
     def _check_settings(self) -> None:
         """Called by the base constructor before the socket exists: fail early, leak nothing."""
         self._loop_factory: LoopFactory = choose_loop_factory(self.event_loop)
@@ -111,6 +118,9 @@ class AsyncServerMixIn:
 
     async def serve(self, poll_interval: float | None = 0.5) -> None:
         """Serve on the running event loop until ``shutdown()`` (or until cancelled)."""
+        server: Any = self
+        server._stop_connection_watch()  # its sweeper was a timer on the last loop
+        server._configure_connection_watch()
         await self._aio.serve(self, poll_interval)
 
     def shutdown(self) -> None:
@@ -130,6 +140,8 @@ class AsyncServerMixIn:
             timeout = server_timeout
         elif server_timeout is not None:
             timeout = min(timeout, server_timeout)
+        server._stop_connection_watch()  # its sweeper was a timer on the last loop
+        server._configure_connection_watch()
         with asyncio.Runner(loop_factory=self._loop_factory) as runner:
             return runner.run(self._aio.handle_one(self, timeout))
 

@@ -260,6 +260,7 @@ def _open(
         elif plan.target.is_factory and bind.is_unix_path and plan.settings["unix-mode"]:
             os.chmod(server.server_address, plan.settings["unix-mode"])
         server.daemon_threads = True  # a factory's server too: the stop stays bounded
+        _apply_slow_client_limits(plan, server)
         apply_settings(server, plan.settings)
     except BaseException:
         server.server_close()
@@ -337,6 +338,24 @@ def _keywords(plan: Plan) -> dict[str, Any]:
         keywords["workers"] = settings["workers"]
         keywords["graceful_timeout"] = settings["drain-timeout"]
     return keywords
+
+
+#: The slow-client options, by the server attribute each sets (``slow_clients.py``).
+SLOW_CLIENT_OPTIONS = {
+    "idle_timeout": "idle-timeout",
+    "connection_deadline": "connection-deadline",
+    "min_transfer_rate": "min-transfer-rate",
+    "write_timeout": "write-timeout",
+}
+
+
+def _apply_slow_client_limits(plan: Plan, server: Any) -> None:
+    """Set the limits on ``server`` (0 turns one off). A factory's server keeps its own
+    choices but for the options given explicitly."""
+    for attribute, option in SLOW_CLIENT_OPTIONS.items():
+        if plan.target.is_factory and not plan.settings.given(option):
+            continue
+        setattr(server, attribute, plan.settings[option] or None)
 
 
 def _from_factory(target: Target, address: Any, inherited: socket.socket | None) -> Any:

@@ -122,6 +122,32 @@ def seconds(text: str) -> float:
     return value
 
 
+def limit(text: str) -> float:
+    """A positive number, or 0 / "off" to turn the limit off (then 0.0)."""
+    if text.strip().lower() in ("off", "none", "0"):
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise OptionValueError(f"expected a number, or 0/off to disable, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise OptionValueError(f"must be a finite number >= 0 (0: off), got {text!r}")
+    return value
+
+
+# The slow-client limits the command sets (the library's defaults are all off, as the
+# stdlib's). Each number is a widely deployed server's default for the same job:
+#: nginx's client_body_timeout and send_timeout are 60 s; HAProxy's ``timeout client`` is
+#: the same idea (its manual's examples use 30-60 s).
+IDLE_TIMEOUT_SECONDS = 60.0
+#: nginx's keepalive_time (1.19.10+): a connection is closed after an hour of requests.
+CONNECTION_DEADLINE_SECONDS = 3600.0
+#: Apache's mod_reqtimeout default, ``header=20-40,MinRate=500 body=20,MinRate=500``.
+MIN_TRANSFER_BYTES_PER_SECOND = 500.0
+#: nginx's send_timeout: 60 s between two successful writes to the client.
+WRITE_TIMEOUT_SECONDS = 60.0
+
+
 def parse_octal_mode(text: str) -> int:
     try:
         value = int(text.removeprefix("0o"), 8)
@@ -225,6 +251,35 @@ OPTIONS: Sequence[Option] = (
         default=[],
         metavar="CIDR",
         many=True,
+    ),
+    Option(
+        "idle-timeout",
+        "seconds a connection may stay silent both ways before it is closed (0/off: never)",
+        limit,
+        IDLE_TIMEOUT_SECONDS,
+        "SECONDS",
+    ),
+    Option(
+        "connection-deadline",
+        "seconds a connection may live, however busy (0/off: no limit)",
+        limit,
+        CONNECTION_DEADLINE_SECONDS,
+        "SECONDS",
+    ),
+    Option(
+        "min-transfer-rate",
+        "bytes/s a sending client must keep up over 10 s while the server waits for it;"
+        " slower ones (slowloris) are closed (0/off: no minimum)",
+        limit,
+        MIN_TRANSFER_BYTES_PER_SECOND,
+        "BYTES",
+    ),
+    Option(
+        "write-timeout",
+        "seconds replies may wait for a client that reads none of them (0/off: forever)",
+        limit,
+        WRITE_TIMEOUT_SECONDS,
+        "SECONDS",
     ),
     Option("log-level", "one of " + ", ".join(LOG_LEVELS), choice(*LOG_LEVELS), "warning"),
     Option("log-format", "text, or json (one object per line)", choice(*LOG_FORMATS), "text"),

@@ -39,6 +39,7 @@ from ..admission.preludes import Prelude, prelude_order
 from ..episodes import EpisodeLog
 from ..listeners import CAPACITY_ACCEPT_ERRNOS, TRANSIENT_ACCEPT_ERRNOS, AcceptBackoff
 from ..metrics import ServerStats
+from .connection_watch import ConnectionWatch
 from .job import HANDLER_ERROR, SERVED, RequestJob
 
 log = logging.getLogger("sockserve.serving")
@@ -61,6 +62,9 @@ class ServingCore:
         self.refusals = EpisodeLog(log, "refused connections")
         self.peer_fault_log = EpisodeLog(log, "connections ended by the client")
         self.drops = EpisodeLog(log, "dropped datagrams", level=logging.WARNING)
+        #: The connections being served, watched for slow clients (``RequestJob.serve``,
+        #: ``aio/connections.py``); None while the server sets no slow-client limit.
+        self.connection_watch: ConnectionWatch | None = None
         self._handed_over: dict[int, RequestJob] = {}
         # Keyed by identity; the object itself is kept to tell a reused id apart.
         self._details: dict[int, tuple[Any, dict[str, Any]]] = {}

@@ -15,21 +15,33 @@ mixin's ``process_request`` claims it by that request (``claim``). No thread-loc
 request object itself is the key, so several loop threads never see each other's jobs.
 An override that never calls ``super()`` (it serves the request itself) leaves the job
 unclaimed, and the loop finishes it when ``process_request`` returns.
+
+Slow clients: when the server has slow-client limits, ``serve`` puts the connection in
+the core's ``ConnectionWatch`` for as long as the handler runs (``connection_watch.py``).
+A connection cut for breaking one ends like any other, but what is counted and given to
+``handle_error`` is the limit it broke (``IdleTimeoutError``...), not the end of stream
+or broken pipe the handler saw when it was cut.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any, Protocol
 
 from ..admission.limits import Ticket, untracked_ticket
+from ..errors import SlowPeerError
 from ..handler_errors import call_handle_error, peer_fault_kind
+from .connection_watch import ConnectionWatch, shutdown_both
 
 log = logging.getLogger("sockserve.serving")
 
 
 class OutcomeCounter(Protocol):
     """What a job reports to: the serving core (``core.py``), seen from here."""
+
+    #: The connections watched for slow clients; None when no limit is set.
+    connection_watch: ConnectionWatch | None
 
     def count_outcome(self, outcome: str) -> None: ...
 
@@ -79,6 +91,9 @@ class RequestJob:
         ``close=False`` leaves a normally served request open for ``close_and_finish``
         (the pool closes once its worker counts as idle).
         """
+        watch = None if self._core is None else self._core.connection_watch
+        if watch is not None:
+            return self._serve_watched(watch, close)
         try:
             self.server.finish_request(self.request, self.client_address)
         except Exception as exc:
@@ -89,6 +104,33 @@ class RequestJob:
         if close:
             self.close()
         return SERVED
+
+    def _serve_watched(self, watch: ConnectionWatch, close: bool) -> str:
+        """``serve``, with the connection watched for slow clients while the handler runs."""
+        watched = watch.add(self.request, partial(shutdown_both, self.request))
+        try:
+            self.server.finish_request(self.request, self.client_address)
+        except Exception as exc:
+            breach = watch.remove(watched)
+            if breach is None or breach is exc:
+                return self.report(exc)
+            return self._report_breach(breach, exc)
+        except BaseException:
+            watch.remove(watched)
+            self.close()
+            raise
+        breach = watch.remove(watched)
+        if breach is not None:  # the handler took the cut for an end of stream
+            return self._report_breach(breach, None)
+        if close:
+            self.close()
+        return SERVED
+
+    def _report_breach(self, breach: SlowPeerError, cause: BaseException | None) -> str:
+        try:
+            raise breach from cause  # handle_error reads the exception being handled
+        except SlowPeerError as exc:
+            return self.report(exc)
 
     def close_and_finish(self) -> None:
         try:
@@ -148,7 +190,17 @@ SERVED = "served"
 HANDLER_ERROR = "handler_error"
 
 #: A forked child's exit status per outcome (1 is also what an unexpected crash gives).
-CHILD_EXIT_CODES = {SERVED: 0, HANDLER_ERROR: 1, "reset": 10, "timeout": 11, "line_too_long": 12}
+CHILD_EXIT_CODES = {
+    SERVED: 0,
+    HANDLER_ERROR: 1,
+    "reset": 10,
+    "timeout": 11,
+    "line_too_long": 12,
+    "idle_timeout": 13,
+    "deadline": 14,
+    "too_slow": 15,
+    "write_timeout": 16,
+}
 _OUTCOME_OF_EXIT = {code: outcome for outcome, code in CHILD_EXIT_CODES.items()}
 
 
