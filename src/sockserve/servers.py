@@ -25,12 +25,15 @@ import socket
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any, Self, cast
+from typing import Any, Self, Unpack, cast
 
+from .access import DEFAULT_IPV6_PREFIX
 from .addresses import format_address
 from .admission.checks import AdmissionCheck, UnmapIPv4
+from .admission.client_checks import ClientLimits, ClientLimitSettings
 from .admission.limits import OVERLOAD_POLICIES
 from .admission.preludes import DEFAULT_MAX_PENDING_PRELUDES, Prelude
+from .client_limits import DEFAULT_MAX_CLIENTS
 from .errors import ConfigurationError, HandlerClassError
 from .handler_errors import peer_fault_kind
 from .listeners import bind_socket, listen_socket
@@ -90,6 +93,8 @@ class BaseServer:
       order ``admission/checks.py`` writes down, in every mode.
     - ``draining``: True once ``drain()`` began; a handler may end a keep-alive
       connection early.
+    - ``allow``/``deny`` and per-client limits, judged before any handler runs (see
+      the class attributes); ``client_limits`` holds the checks they built.
 
     Class attributes: ``timeout``, ``address_family``, ``socket_type``,
     ``allow_reuse_address``, ``allow_reuse_port``; and sockserve's ``max_connections``
@@ -111,6 +116,17 @@ class BaseServer:
     #: Connections that may be in their preludes at once; past it the loop stops
     #: accepting until one finishes (stalled clients cannot exhaust descriptors).
     max_pending_preludes: int = DEFAULT_MAX_PENDING_PRELUDES
+    #: Who may connect and how much one client may take (``admission/client_checks.py``),
+    #: also constructor keywords: CIDR lists (None: no list); open connections per
+    #: client (stream servers) and new connections or datagrams per second per client,
+    #: with a burst (None: no limit). IPv6 clients count per ``client_ipv6_prefix``.
+    allow: Sequence[str] | None = None
+    deny: Sequence[str] | None = None
+    max_connections_per_client: int | None = None
+    client_rate: float | None = None
+    client_burst: int | None = None
+    client_ipv6_prefix: int = DEFAULT_IPV6_PREFIX
+    client_rate_max_clients: int = DEFAULT_MAX_CLIENTS
     #: Whether the dispatcher runs requests off the loop's thread (the mixins say yes);
     #: only then does ``drain`` serve the connections the kernel had already queued.
     _dispatches_off_loop = False
@@ -125,6 +141,7 @@ class BaseServer:
         *,
         max_connections: int | None = None,
         overload_policy: str | None = None,
+        **client_limits: Unpack[ClientLimitSettings],
     ) -> None:
         if not callable(RequestHandlerClass):
             raise HandlerClassError(
@@ -137,6 +154,9 @@ class BaseServer:
         self.__is_shut_down = threading.Event()
         self.__shutdown_request = False
         self._core = ServingCore()
+        self.client_limits = ClientLimits.for_server(self, client_limits)
+        for check in self.client_limits.checks:  # first: before the class's own checks
+            self._core.add_check(check)
         for check in self.admission_checks:
             self._core.add_check(check)
         for prelude in self.preludes:
@@ -357,6 +377,7 @@ class TCPServer(BaseServer):
         dual_stack: bool | None = None,
         max_connections: int | None = None,
         overload_policy: str | None = None,
+        **client_limits: Unpack[ClientLimitSettings],
     ) -> None:
         BaseServer.__init__(
             self,
@@ -364,6 +385,7 @@ class TCPServer(BaseServer):
             RequestHandlerClass,
             max_connections=max_connections,
             overload_policy=overload_policy,
+            **client_limits,
         )
         if dual_stack is not None:
             self.dual_stack = dual_stack

@@ -5,23 +5,31 @@
 * ``preludes.py``: what the client must send first (a PROXY header, a TLS handshake),
   driven without blocking by the loop that owns the socket.
 * ``limits.py``: the connection limiter and each admitted request's ``Ticket``.
+* ``client_checks.py``: allow/deny lists and per-client limits as client checks
+  (``AccessCheck``, ``RatePerClient``, ``ConnectionsPerClient``), built from a server's
+  settings or added with ``server.add_admission_check``.
 
 ``serving/core.py`` runs them in the order ``checks.py`` writes down.
 """
 
 from .checks import AdmissionCheck, Judged, Refused, ReleasingCheck, UnmapIPv4
+from .client_checks import AccessCheck, ClientLimits, ConnectionsPerClient, RatePerClient
 from .limits import ConnectionLimiter, Ticket
 from .preludes import WANT_READ, WANT_WRITE, Prelude, PreludeDone, PreludeRun
 
 __all__ = [
     "WANT_READ",
     "WANT_WRITE",
+    "AccessCheck",
     "AdmissionCheck",
+    "ClientLimits",
+    "ConnectionsPerClient",
     "ConnectionLimiter",
     "Judged",
     "Prelude",
     "PreludeDone",
     "PreludeRun",
+    "RatePerClient",
     "Refused",
     "ReleasingCheck",
     "Ticket",
