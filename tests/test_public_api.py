@@ -309,6 +309,10 @@ def test_constructor_accepts_the_stdlib_arguments(class_name: str) -> None:
     theirs = list(inspect.signature(STDLIB_CLASSES[class_name].__init__).parameters.values())
     assert describe(ours[: len(theirs)]) == describe(theirs)
     for extra in ours[len(theirs) :]:
+        if extra.kind is inspect.Parameter.VAR_KEYWORD:
+            # A typed group of optional keywords (``**client_limits: Unpack[...]``).
+            assert "Unpack[" in str(extra.annotation), extra.name
+            continue
         assert extra.kind is inspect.Parameter.KEYWORD_ONLY, extra.name
         assert extra.default is not inspect.Parameter.empty, extra.name
 

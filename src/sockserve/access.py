@@ -2,9 +2,9 @@
 
 Pure decisions on a ``client_address``, meant to run in the accept loop of every mode: no
 socket, clock, lock or I/O, and each call costs O(number of distinct prefix lengths in a
-list), not O(number of rules). Wiring them in is an admission stage's job (a refusal
-becomes ``connection.Rejected(reason)``, counted by ``admission.admit``); the per-client
-tables live in ``client_limits.py``.
+list), not O(number of rules). Wiring them in is ``admission/client_checks.py``'s job
+(``AccessCheck`` turns a refusal into ``Refused(reason)``, which the serving core counts);
+the per-client tables live in ``client_limits.py``.
 
 Addresses come in the shapes ``socketserver`` hands out: ``(host, port)``,
 ``(host, port, flowinfo, scope_id)``, a bare host string, or a Unix socket's path (``""``
@@ -144,7 +144,10 @@ class NetworkList:
             )
         networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for spec in specs:
-            networks.append(_parse_spec(spec, setting))
+            try:
+                networks.append(parse_network(spec))
+            except ValueError as exc:
+                raise ConfigurationError(f"{setting}: {exc}") from None
         return cls(networks)
 
     def contains(self, address: Any) -> bool:
@@ -169,14 +172,16 @@ class NetworkList:
         return f"NetworkList({list(self.specs)!r})"
 
 
-def _parse_spec(spec: object, setting: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def parse_network(spec: object) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """One rule of ``NetworkList.parse``; ``ValueError`` naming the spec if it is not one.
+
+    The command line checks each ``--allow``/``--deny`` with it as it reads them.
+    """
     if not isinstance(spec, str):
-        raise ConfigurationError(f"{setting}: {spec!r} is not a network (expected text)")
+        raise ValueError(f"{spec!r} is not a network (expected text)")
     text = spec.strip()
     if "%" in text:
-        raise ConfigurationError(
-            f"{setting}: {spec!r} has a zone; rules match on every link, write it without"
-        )
+        raise ValueError(f"{spec!r} has a zone; rules match on every link, write it without")
     try:
         return ipaddress.ip_network(text, strict=True)
     except ValueError as exc:
@@ -185,7 +190,7 @@ def _parse_spec(spec: object, setting: str) -> ipaddress.IPv4Network | ipaddress
             hint = f"; did you mean {ipaddress.ip_network(text, strict=False)}?"
         except ValueError:
             pass  # not a network at all: the first message says why
-        raise ConfigurationError(f"{setting}: {spec!r} is not a network: {exc}{hint}") from None
+        raise ValueError(f"{spec!r} is not a network: {exc}{hint}") from None
 
 
 def _as_ipv4(network: ipaddress.IPv6Network) -> ipaddress.IPv4Network | None:

@@ -26,11 +26,12 @@ import ssl
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any, Self, cast
+from typing import Any, Self, Unpack, cast
 
-from .access import NetworkList
+from .access import DEFAULT_IPV6_PREFIX, NetworkList
 from .addresses import format_address
 from .admission.checks import AdmissionCheck, UnmapIPv4
+from .admission.client_checks import ClientLimits, ClientLimitSettings
 from .admission.limits import OVERLOAD_POLICIES
 from .admission.preludes import DEFAULT_MAX_PENDING_PRELUDES, Prelude
 from .admission.proxy_header import DEFAULT_PROXY_HEADER_TIMEOUT, proxy_protocol_setup
@@ -40,6 +41,7 @@ from .admission.tls_prelude import (
     reload_tls,
     send_close_notify,
 )
+from .client_limits import DEFAULT_MAX_CLIENTS
 from .errors import ConfigurationError, HandlerClassError
 from .handler_errors import peer_fault_kind
 from .listeners import bind_socket, listen_socket
@@ -114,6 +116,8 @@ class BaseServer:
       ``min_transfer_window`` seconds, default 10) and ``write_timeout``. A connection
       over one is cut, counted in ``stats().peer_faults`` (``"idle_timeout"``,
       ``"deadline"``, ``"too_slow"``, ``"write_timeout"``) and logged once per episode.
+    - ``allow``/``deny`` and per-client limits, judged before any handler runs (see
+      the class attributes); ``client_limits`` holds the checks they built.
 
     Class attributes: ``timeout``, ``address_family``, ``socket_type``,
     ``allow_reuse_address``, ``allow_reuse_port``; and sockserve's ``max_connections``
@@ -146,6 +150,17 @@ class BaseServer:
     min_transfer_rate: float | None = None
     min_transfer_window: float = DEFAULT_MIN_TRANSFER_WINDOW
     write_timeout: float | None = None
+    #: Who may connect and how much one client may take (``admission/client_checks.py``),
+    #: also constructor keywords: CIDR lists (None: no list); open connections per
+    #: client (stream servers) and new connections or datagrams per second per client,
+    #: with a burst (None: no limit). IPv6 clients count per ``client_ipv6_prefix``.
+    allow: Sequence[str] | None = None
+    deny: Sequence[str] | None = None
+    max_connections_per_client: int | None = None
+    client_rate: float | None = None
+    client_burst: int | None = None
+    client_ipv6_prefix: int = DEFAULT_IPV6_PREFIX
+    client_rate_max_clients: int = DEFAULT_MAX_CLIENTS
     #: Whether the dispatcher runs requests off the loop's thread (the mixins say yes);
     #: only then does ``drain`` serve the connections the kernel had already queued.
     _dispatches_off_loop = False
@@ -169,6 +184,7 @@ class BaseServer:
         min_transfer_rate: float | None = None,
         min_transfer_window: float | None = None,
         write_timeout: float | None = None,
+        **client_limits: Unpack[ClientLimitSettings],
     ) -> None:
         if not callable(RequestHandlerClass):
             raise HandlerClassError(
@@ -181,6 +197,9 @@ class BaseServer:
         self.__is_shut_down = threading.Event()
         self.__shutdown_request = False
         self._core = ServingCore()
+        self.client_limits = ClientLimits.for_server(self, client_limits)
+        for check in self.client_limits.checks:  # first: before the class's own checks
+            self._core.add_check(check)
         for check in self.admission_checks:
             self._core.add_check(check)
         for prelude in self.preludes:
@@ -477,6 +496,7 @@ class TCPServer(BaseServer):
         min_transfer_rate: float | None = None,
         min_transfer_window: float | None = None,
         write_timeout: float | None = None,
+        **client_limits: Unpack[ClientLimitSettings],
     ) -> None:
         BaseServer.__init__(
             self,
@@ -493,6 +513,7 @@ class TCPServer(BaseServer):
             min_transfer_rate=min_transfer_rate,
             min_transfer_window=min_transfer_window,
             write_timeout=write_timeout,
+            **client_limits,
         )
         if dual_stack is not None:
             self.dual_stack = dual_stack

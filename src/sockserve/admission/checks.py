@@ -35,7 +35,8 @@ client checks, in the request's task.
 
 A check may also hold something per admitted connection (a per-client count): if it has
 a ``release(client_address)`` method, the core calls it when that connection's work is
-finished, whatever the mode.
+finished, whatever the mode, with the address the check itself returned (a later check
+rewriting it changes nothing), and at once if a later check or capacity refuses.
 """
 
 from __future__ import annotations

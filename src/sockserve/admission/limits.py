@@ -58,9 +58,9 @@ class Ticket:
         self.aborter: Callable[[], None] = self._shutdown_socket
         #: A descriptor the serve loop watches for this request's end (a forked child's).
         self.exit_fd: int | None = None
-        #: Admission checks holding something for this request (a per-client count),
-        #: released when it finishes.
-        self.releases: tuple[Any, ...] = ()
+        #: ``(check, client_address)`` for each admission check holding something for
+        #: this request (a per-client count), released with that address when it finishes.
+        self.releases: tuple[tuple[Any, Any], ...] = ()
 
     def finish(self) -> None:
         if self._finished or self._limiter is None:

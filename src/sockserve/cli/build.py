@@ -25,6 +25,15 @@ from .binds import Bind, transport_of
 from .config import Settings
 from .targets import Target, handler_kind, is_async_handler
 
+#: Options that become the server keywords of the same name (admission/client_checks.py).
+CLIENT_LIMIT_OPTIONS = (
+    "allow",
+    "deny",
+    "max-connections-per-client",
+    "client-rate",
+    "client-burst",
+)
+
 #: The stdlib-shaped base class for each transport, synchronous and async.
 TRANSPORTS: dict[tuple[str, bool], str] = {
     ("tcp", False): "TCPServer",
@@ -114,6 +123,28 @@ RULES: list[Rule] = [
     (
         lambda p: p.settings.given("proxy-protocol") and any(b.transport == "udp" for b in p.binds),
         lambda p: "--proxy-protocol applies to stream binds (tcp, unix), not udp://",
+    ),
+    (
+        lambda p: p.target.is_factory and any(p.settings.given(n) for n in CLIENT_LIMIT_OPTIONS),
+        lambda p: (
+            f"{p.target.text} is a server factory: set allow, deny and the per-client limits "
+            "on the server it builds (--allow, --deny, --max-connections-per-client, "
+            "--client-rate and --client-burst do not apply)"
+        ),
+    ),
+    (
+        lambda p: p.settings.given("client-burst") and not p.settings.given("client-rate"),
+        lambda p: "--client-burst needs --client-rate",
+    ),
+    (
+        lambda p: (
+            p.settings.given("max-connections-per-client")
+            and any(b.transport == "udp" for b in p.binds)
+        ),
+        lambda p: (
+            "--max-connections-per-client applies to stream binds, not udp:// (a datagram "
+            "holds no connection); limit datagram clients with --client-rate"
+        ),
     ),
     (
         lambda p: p.mode in ("forking", "prefork") and not hasattr(os, "fork"),
@@ -337,6 +368,9 @@ def _keywords(plan: Plan) -> dict[str, Any]:
     if plan.mode == "prefork":
         keywords["workers"] = settings["workers"]
         keywords["graceful_timeout"] = settings["drain-timeout"]
+    for name in CLIENT_LIMIT_OPTIONS:
+        if settings[name] not in (None, []):  # an empty list: no --allow given
+            keywords[name.replace("-", "_")] = settings[name]
     return keywords
 
 

@@ -14,8 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..access import NetworkList
-from ..errors import ConfigurationError
+from ..access import parse_network
 from .binds import Bind, BindSyntaxError
 
 #: Concurrency modes; ``auto`` picks async for an ``async def handle``, else threading.
@@ -102,6 +101,26 @@ def count(text: str) -> int:
     return value
 
 
+def per_second(text: str) -> float:
+    """A positive rate (connections per second); fractions allowed (0.5: one per 2 s)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise OptionValueError(f"expected a number per second, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise OptionValueError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def network(text: str) -> str:
+    """A CIDR network or one address, checked now so that a typo stops the command."""
+    try:
+        parse_network(text)
+    except ValueError as exc:
+        raise OptionValueError(str(exc)) from None
+    return text.strip()
+
+
 def port(text: str) -> int:
     try:
         value = int(text)
@@ -168,15 +187,6 @@ def name(text: str) -> str:
     return text.strip()
 
 
-def network(text: str) -> str:
-    """A CIDR network (``10.0.0.0/8``) or one address (a /32 or /128), checked now."""
-    try:
-        NetworkList.parse([text], setting="network")
-    except ConfigurationError as exc:
-        raise OptionValueError(str(exc).removeprefix("network: ")) from None
-    return text.strip()
-
-
 def bind(text: str) -> Bind:
     try:
         return Bind.parse(text)
@@ -226,6 +236,46 @@ OPTIONS: Sequence[Option] = (
         None,
         "N",
         unset="no limit",
+    ),
+    Option(
+        "allow",
+        "admit only clients in this network (CIDR, IPv4 or IPv6); repeat for several",
+        network,
+        default=[],
+        metavar="CIDR",
+        many=True,
+    ),
+    Option(
+        "deny",
+        "refuse clients in this network, even if allowed; repeat for several",
+        network,
+        default=[],
+        metavar="CIDR",
+        many=True,
+    ),
+    Option(
+        "max-connections-per-client",
+        "connections one client (an IPv4 address, an IPv6 /64) may hold open, per process",
+        count,
+        None,
+        "N",
+        unset="no limit",
+    ),
+    Option(
+        "client-rate",
+        "new connections (or datagrams) per second per client, after --client-burst",
+        per_second,
+        None,
+        "R",
+        unset="no limit",
+    ),
+    Option(
+        "client-burst",
+        "connections a client may open at once before --client-rate applies",
+        count,
+        None,
+        "B",
+        unset="one second's worth of --client-rate",
     ),
     Option(
         "drain-timeout",

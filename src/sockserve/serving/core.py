@@ -127,20 +127,22 @@ class ServingCore:
         ``details`` (what the preludes learnt: ``"proxy"``, ``"tls"``) stay readable by
         the handler through ``detail_of(request, key)`` until the request finishes.
         """
-        holding: list[Any] = []
+        # Each releasing check with the address it judged: a later check may rewrite
+        # the address, and a per-client count must be released under its own key.
+        holding: list[tuple[Any, Any]] = []
         try:
             for check in self.client_checks:
                 request, client_address = check(request, client_address)
                 if hasattr(check, "release"):
-                    holding.append(check)
+                    holding.append((check, client_address))
         except Refused as why:
-            _release_all(holding, client_address)
+            _release_all(holding)
             self.refuse(server, request, client_address, why.reason, str(why))
             return None
         capacity, what = server._capacity()
         limiter = self.limiter
         if server.overload_policy == "reject" and not limiter.has_room(capacity):
-            _release_all(holding, client_address)
+            _release_all(holding)
             limiter.note_capacity(True, capacity, what, "reject")
             self.refuse(server, request, client_address, what, "at capacity", overloaded=True)
             return None
@@ -247,9 +249,9 @@ class ServingCore:
     def _released(self, ticket: Ticket) -> None:
         if self._details:
             self.forget_details(ticket.request)
-        for check in ticket.releases:
+        for check, judged_address in ticket.releases:
             try:
-                check.release(ticket.client_address)
+                check.release(judged_address)
             except Exception:
                 log.exception("admission check %r failed to release", check)
         for hook in self.on_request_done:
@@ -295,6 +297,6 @@ class ServingCore:
         )
 
 
-def _release_all(checks: list[Any], client_address: Any) -> None:
-    for check in checks:
-        check.release(client_address)
+def _release_all(holding: list[tuple[Any, Any]]) -> None:
+    for check, judged_address in holding:
+        check.release(judged_address)
