@@ -503,7 +503,8 @@ def test_active_children_before_and_after_a_fork() -> None:
 #: module must be given its place.
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "addresses", "metrics", "episodes"),
-    ("listeners", "sockets", "systemd"),
+    ("listeners", "sockets", "systemd", "tcp_info"),
+    ("access_log",),
     # Who the peer really is and what its first bytes say: pure decisions and parsers.
     (
         "access",
@@ -518,6 +519,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("handlers", "handler_errors"),
     # The serving core: the request's job, the core, then the selector loop driving it.
     ("serving.job",),
+    ("serving.traffic",),
     ("serving.core",),
     ("serving.loop_threads", "serving.pending_preludes"),
     ("serving.selector_loop", "serving"),

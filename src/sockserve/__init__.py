@@ -32,6 +32,7 @@ from .errors import (
     TLSHandshakeError,
     UnixSocketPathExistsError,
 )
+from .access_log import AccessLog
 from .handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from .metrics import DrainReport, ServerStats
 from .mixins import ThreadingMixIn, ThreadPoolMixIn
@@ -78,6 +79,7 @@ __all__ = [
     "ReadTimeoutError",
     "ServerStats",
     "DrainReport",
+    "AccessLog",
     "SockserveError",
     "ConfigurationError",
     "HandlerClassError",

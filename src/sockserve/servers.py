@@ -27,6 +27,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Self, cast
 
+from .access_log import AccessLog
 from .addresses import format_address
 from .admission.checks import AdmissionCheck, UnmapIPv4
 from .admission.limits import OVERLOAD_POLICIES
@@ -90,6 +91,8 @@ class BaseServer:
       order ``admission/checks.py`` writes down, in every mode.
     - ``draining``: True once ``drain()`` began; a handler may end a keep-alive
       connection early.
+    - ``record_traffic()``, ``set_access_log(log)``, ``reopen_logs()``: bytes and
+      durations in ``stats()``, a line per connection (docs/observability.md).
 
     Class attributes: ``timeout``, ``address_family``, ``socket_type``,
     ``allow_reuse_address``, ``allow_reuse_port``; and sockserve's ``max_connections``
@@ -172,6 +175,24 @@ class BaseServer:
     def add_prelude(self, prelude: Prelude) -> None:
         """Add a prelude (see ``admission/preludes.py``), run after those added before."""
         self._core.add_prelude(prelude)
+
+    def record_traffic(self) -> None:
+        """Count bytes in and out and connection durations in ``stats()`` from now on
+        (``serving/traffic.py``: one ``TCP_INFO`` read per connection as it closes)."""
+        self._core.record_traffic()
+
+    def set_access_log(self, access_log: AccessLog) -> None:
+        """Write a line per connection (or datagram) to ``access_log`` as it ends, in
+        every mode (``access_log.py``); records traffic too. Set it before serving: a
+        pre-fork server's workers take it with them when they fork."""
+        self._core.record_traffic(access_log)
+
+    def reopen_logs(self) -> None:
+        """Reopen the access log file before its next line (after a rotation); safe in
+        a signal handler. A pre-fork master passes it on to its workers."""
+        traffic = self._core.traffic
+        if traffic is not None and traffic.access_log is not None:
+            traffic.access_log.reopen_soon()
 
     @property
     def draining(self) -> bool:
@@ -289,6 +310,7 @@ class BaseServer:
 
     def shutdown_request(self, request: Any) -> None:
         """End the request cleanly, then close it."""
+        self._core.closing(request)
         self.close_request(request)
 
     def close_request(self, request: Any) -> None:
@@ -435,6 +457,7 @@ class TCPServer(BaseServer):
 
     def shutdown_request(self, request: Any) -> None:
         """Send FIN (so the peer sees the end of data at once), then close."""
+        self._core.closing(request)  # the bytes it carried, if traffic is recorded
         try:
             request.shutdown(socket.SHUT_WR)
         except OSError:
@@ -478,6 +501,7 @@ class UDPServer(TCPServer):
                 "datagram_too_large",
                 f"from {format_address(client_address)}, over "
                 f"max_packet_size={self.max_packet_size}",
+                client_address,
             )
         raise BlockingIOError("only oversized datagrams were queued")
 
@@ -485,6 +509,7 @@ class UDPServer(TCPServer):
         """Datagram sockets do not listen."""
 
     def shutdown_request(self, request: Any) -> None:
+        self._core.closing(request)
         self.close_request(request)
 
     def close_request(self, request: Any) -> None:

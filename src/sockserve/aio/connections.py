@@ -27,7 +27,8 @@ from typing import Any
 
 from ..addresses import format_address
 from ..handler_errors import call_handle_error, peer_fault_kind
-from ..serving.job import HANDLER_ERROR, RequestJob
+from ..serving.job import HANDLER_ERROR, SERVED, UNVERIFIED, RequestJob
+from ..serving.traffic import measure
 from .fastpath import IMPLEMENTATION
 from .handlers import AsyncBaseRequestHandler
 from .inline import INLINE_RESUMPTION, await_handler
@@ -65,19 +66,23 @@ async def serve_stream(
     try:
         is_verified = await verify(server, sock, client_address)
     except Exception as exc:
-        report_ending(server, exc, sock, client_address)
+        job.ticket.outcome = report_ending(server, exc, sock, client_address)
+        _measure(job, sock)
         sock.close()
         return
     except BaseException:
         sock.close()
         raise
     if not is_verified:
+        job.ticket.outcome = UNVERIFIED
+        _measure(job, sock)
         server.shutdown_request(sock)
         return
     reader = _Reader(loop, receive_view)
     try:
         transport, _ = await loop.connect_accepted_socket(lambda: reader, sock)
     except OSError as exc:
+        job.ticket.outcome = "reset"
         server._core.count_outcome("reset")
         server._core.peer_fault_log.note(
             "reset", f"{format_address(client_address)}: lost before serving: {exc}"
@@ -107,12 +112,14 @@ async def serve_stream(
         else:
             await _Driver(await_handler(work), reader, context)
         flush_seconds = CLOSE_FLUSH_SECONDS
+        job.ticket.outcome = SERVED
     except Exception as exc:
         flush_seconds = CLOSE_FLUSH_SECONDS
-        report_ending(server, exc, request, client_address)
+        job.ticket.outcome = report_ending(server, exc, request, client_address)
     finally:
         if job.details:
             server._core.forget_details(request)
+        _measure(job, transport.get_extra_info("socket"))
         await close_stream(writer, reader, flush_seconds)
 
 
@@ -134,12 +141,17 @@ async def serve_datagram(job: RequestJob) -> None:
     that counts or logs requests sees the same calls in both modes.
     """
     server, request, client_address = job.server, job.request, job.client_address
+    ticket = job.ticket
     try:
         if await verify(server, request, client_address):
             await server.finish_request(request, client_address)
+            ticket.outcome = SERVED
+        else:
+            ticket.outcome = UNVERIFIED
     except Exception as exc:
-        report_ending(server, exc, request, client_address)
+        ticket.outcome = report_ending(server, exc, request, client_address)
     finally:
+        _measure(job, request)
         try:
             server.shutdown_request(request)
         except Exception as exc:
@@ -195,8 +207,18 @@ async def close_stream(
         raise
 
 
-def report_ending(server: Any, exc: Exception, request: Any, client_address: Any) -> None:
+def report_ending(server: Any, exc: Exception, request: Any, client_address: Any) -> str:
     """Count how a request ended and give it to ``handle_error``; call inside the
-    ``except`` block (``handle_error`` reads the exception being handled)."""
-    server._core.count_outcome(peer_fault_kind(exc) or HANDLER_ERROR)
+    ``except`` block (``handle_error`` reads the exception being handled). Returns the
+    outcome counted."""
+    outcome = peer_fault_kind(exc) or HANDLER_ERROR
+    server._core.count_outcome(outcome)
     call_handle_error(server, request, client_address, log)
+    return outcome
+
+
+def _measure(job: RequestJob, sock: Any) -> None:
+    """Bytes the connection carried, into the ticket, if traffic is recorded: before
+    the close (the transport's socket, or a datagram request's size)."""
+    if job.server._core.traffic is not None:
+        job.ticket.bytes_in, job.ticket.bytes_out = measure(sock)
