@@ -554,6 +554,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("aio.serve_loop",),
     ("aio.servers",),
     ("aio",),
+    # The metrics endpoint: a sockserve server itself, reporting another's stats().
+    ("exporter.collector", "exporter.history"),
+    ("exporter",),
     ("",),  # the package's __init__
     ("testing", "testing.*", "pytest_plugin", "demo"),
     ("cli", "cli.*", "__main__"),

@@ -14,6 +14,7 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
+from .access_log import AccessLog
 from .errors import (
     AddressError,
     AddressInUseError,
@@ -32,7 +33,6 @@ from .errors import (
     TLSHandshakeError,
     UnixSocketPathExistsError,
 )
-from .access_log import AccessLog
 from .handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from .metrics import DrainReport, ServerStats
 from .mixins import ThreadingMixIn, ThreadPoolMixIn

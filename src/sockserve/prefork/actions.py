@@ -26,6 +26,7 @@ SIGNAL_ACTIONS: dict[int, str] = {
         ("SIGHUP", "rolling_restart"),
         ("SIGTTIN", "add_worker"),
         ("SIGTTOU", "remove_worker"),
+        ("SIGUSR1", "reopen_logs"),  # logrotate's signal: passed on to every worker
     )
     if hasattr(signal, name)
 }
