@@ -54,13 +54,12 @@ class _HTTPServer(ThreadingMixIn, TCPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _HTTPServer
     timeout = CLIENT_TIMEOUT_SECONDS
     server_version = "sockserve-metrics"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's hook name)
         path = self.path.split("?", 1)[0]
-        exporter = self.server.exporter
+        exporter: MetricsServer = getattr(self.server, "exporter")  # noqa: B009 (typed here)
         if path == "/metrics":
             self._reply(exporter.exposition.render(), exporter.exposition.content_type)
         elif path == "/stats.json":
