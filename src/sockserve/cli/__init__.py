@@ -8,6 +8,7 @@ handler class (or the server your factory builds). Where the parts live:
 - ``binds.py``: ``--bind`` forms; ``targets.py``: what TARGET names;
 - ``build.py``: which server class, the rules on combinations, binding;
 - ``privileges.py``, ``logs.py``: ``--user``/``--group``, ``--log-*``;
+- ``observe.py``: ``--access-log`` and ``--metrics``;
 - ``serving.py``: serving until a signal, and the drain with a deadline.
 
 Exit status: 0 after a stop by signal; 2 for a mistake the user can fix (one line on
@@ -27,7 +28,7 @@ from .. import __version__, errors
 from ..demo import ASYNC_DEMOS, DEMOS
 
 # Modules, not names: only what ``__all__`` lists is public here.
-from . import binds, build, config, logs, options, privileges, serving, targets
+from . import binds, build, config, logs, observe, options, privileges, serving, targets
 
 #: Exit status for a mistake in the command line, environment or config (argparse's too).
 EXIT_USAGE = 2
@@ -87,8 +88,13 @@ def _run(args: argparse.Namespace) -> int:
     identity = privileges.resolve(settings["user"], settings["group"])
     servers = build.open_servers(plan)
     try:
-        if identity is not None:
-            privileges.switch_to(identity)
+        observing = observe.Observability(settings, servers)
+        try:
+            if identity is not None:
+                privileges.switch_to(identity)
+        except BaseException:
+            observing.close()
+            raise
     except BaseException:
         for server in servers:
             server.server_close()
@@ -96,8 +102,10 @@ def _run(args: argparse.Namespace) -> int:
     mode = type(servers[0]).__name__ if plan.mode == "factory" else plan.mode
     ready_line = (
         f"sockserve {__version__}: serving {target.name} on "
-        f"{', '.join(binds.describe(server) for server in servers)} ({mode}); Ctrl-C stops"
+        f"{', '.join(binds.describe(server) for server in servers)} ({mode})"
+        f"{observing.describe()}; Ctrl-C stops"
     )
+    observing.start()
     try:
         if hasattr(servers[0], "worker_pids"):  # a pre-fork master: one bind (build.RULES)
             summary = serving.serve_prefork(servers[0], ready_line)
@@ -108,6 +116,8 @@ def _run(args: argparse.Namespace) -> int:
     except (serving.LoopFailedError, errors.SockserveError) as exc:  # e.g. a worker failed to boot
         print(f"sockserve: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        observing.close()
     print(f"sockserve: {summary.describe()}", flush=True)
     return 0
 

@@ -39,6 +39,8 @@ log = logging.getLogger("sockserve.cli")
 STOP_GRACE_SECONDS = 5.0
 #: The signals that stop the command (a second one of either stops it at once).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: The signal that reopens the access log (after logrotate moved it).
+REOPEN_SIGNAL = signal.SIGUSR1
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,11 @@ def serve_until_stopped(
 ) -> StopSummary:
     """Serve every server until SIGINT/SIGTERM; drain them together; return how it went."""
     events = Mailbox()
-    with events, _signals_recorded(events.post, wake_fd=events.wake_fd()):
+    with (
+        events,
+        _signals_recorded(events.post, wake_fd=events.wake_fd()),
+        _reopen_on_signal(servers),
+    ):
         for server in servers:
             threading.Thread(
                 target=_serve, args=(server, events), name="sockserve-serve", daemon=True
@@ -162,7 +168,7 @@ def serve_prefork(server: Any, ready_line: str) -> StopSummary:
     signal that arrives the moment the ready line is out still stops it cleanly. The
     master reaps every worker before ``serve_forever`` returns, so closing is quick.
     """
-    with _signals_recorded(lambda signum: server.shutdown()):
+    with _signals_recorded(lambda signum: server.shutdown()), _reopen_on_signal([server]):
         print(ready_line, flush=True)
         server.serve_forever()
     server.server_close()
@@ -234,6 +240,31 @@ def _close_all_quickly(servers: Sequence[Any]) -> None:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass  # already gone
+
+
+class _reopen_on_signal:  # noqa: N801 (a context manager used like a function)
+    """SIGUSR1 asks every server to reopen its access log; the old handler comes back after.
+
+    ``reopen_logs`` only raises a flag (the next line reopens), so calling it from the
+    handler is safe. A pre-fork master replaces this with its own handler while it
+    supervises, which passes the signal on to the workers.
+    """
+
+    def __init__(self, servers: Sequence[Any]) -> None:
+        self._servers = servers
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        for server in self._servers:
+            reopen = getattr(server, "reopen_logs", None)
+            if reopen is not None:
+                reopen()
+
+    def __enter__(self) -> None:
+        self._previous = signal.signal(REOPEN_SIGNAL, self._handle)
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(REOPEN_SIGNAL, signal.SIG_DFL if self._previous is None else self._previous)
 
 
 class _signals_recorded:  # noqa: N801 (a context manager used like a function)
