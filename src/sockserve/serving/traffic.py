@@ -43,6 +43,8 @@ class TrafficRecorder:
         """A request ended: count it and write its line."""
         duration = time.monotonic() - ticket.started
         bytes_in, bytes_out = ticket.bytes_in, ticket.bytes_out
+        if bytes_in is None and isinstance(ticket.request, tuple):
+            bytes_in, bytes_out = measure(ticket.request)  # a datagram no one closed here
         bucket = bisect.bisect_left(DURATION_BUCKETS, duration)
         with self._lock:
             self._counts[bucket] += 1
