@@ -19,7 +19,9 @@ from sockserve.exporter import MetricsServer
 from sockserve.testing import serve_in_thread
 
 pytest.importorskip("selenium", reason="selenium is missing: pip install -e '.[test]'")
-pytest.importorskip("prometheus_client", reason="prometheus_client is missing: pip install -e '.[test]'")
+pytest.importorskip(
+    "prometheus_client", reason="prometheus_client is missing: pip install -e '.[test]'"
+)
 
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
@@ -38,7 +40,8 @@ const [r, g, b] = arguments[0];
 const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
 let n = 0;
 for (let i = 0; i < data.length; i += 4) {
-  if (Math.abs(data[i] - r) < 8 && Math.abs(data[i + 1] - g) < 8 && Math.abs(data[i + 2] - b) < 8) n++;
+  const near = (k, v) => Math.abs(data[i + k] - v) < 8;
+  if (near(0, r) && near(1, g) && near(2, b)) n++;
 }
 return n;
 """
