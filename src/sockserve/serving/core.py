@@ -15,6 +15,10 @@ accepts, then asks the core:
    ticket; the core then runs ``on_request_done`` hooks and wakes a loop waiting for
    room.
 
+With traffic recorded (``record_traffic``: an access log or metrics), the core also
+measures each request's bytes as ``shutdown_request`` closes it (``closing``) and hands
+each finished ticket and each refusal to ``traffic.py``, once, for every loop and mode.
+
 The core also owns the counters behind ``stats()``, the accept-error back-off, and the
 episode logs: a refused connection, a peer fault or a dropped datagram is counted by
 reason and logged once per episode (``episodes.py``), not once each.
