@@ -132,5 +132,3 @@ class MetricsServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-__all__ = ["MetricsServer"]
