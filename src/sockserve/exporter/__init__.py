@@ -131,4 +131,3 @@ class MetricsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
