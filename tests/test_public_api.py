@@ -507,7 +507,8 @@ def test_active_children_before_and_after_a_fork() -> None:
 #: module must be given its place.
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "addresses", "metrics", "episodes", "policy"),
-    ("listeners", "sockets", "systemd"),
+    ("listeners", "sockets", "systemd", "tcp_info"),
+    ("access_log",),
     # Who the peer really is and what its first bytes say: pure decisions and parsers.
     (
         "access",
@@ -524,6 +525,7 @@ LAYERS: list[tuple[str, ...]] = [
     # The serving core: the request's job, the core, then the selector loop driving it.
     ("serving.connection_watch",),
     ("serving.job",),
+    ("serving.traffic",),
     ("serving.core",),
     ("serving.loop_threads", "serving.pending_preludes"),
     ("serving.selector_loop", "serving"),
@@ -558,6 +560,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("aio.serve_loop",),
     ("aio.servers",),
     ("aio",),
+    # The metrics endpoint: a sockserve server itself, reporting another's stats().
+    ("exporter.collector", "exporter.history"),
+    ("exporter",),
     ("",),  # the package's __init__
     ("testing", "testing.*", "pytest_plugin", "demo"),
     ("cli", "cli.*", "__main__"),

@@ -8,6 +8,9 @@ PATH (``python3.11`` ...) or under pyenv gets a virtual environment in ``.venvs/
 the project and its test extras, made once and reused. A machine with only one Python runs
 the suite once. Exit status is non-zero if any run failed.
 
+tests/test_stats_page.py drives Debian's ``chromium`` and ``chromium-driver`` (``.ci/run``
+installs them; the test installs them itself when root with apt-get, else skips saying why).
+
 The async mode has an optional compiled fast path (src/sockserve/aio/_fastpath.c, built
 when the project is installed and a C compiler is there). With no pytest arguments, each
 interpreter also runs the async tests once more with it switched off

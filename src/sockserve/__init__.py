@@ -14,6 +14,7 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
+from .access_log import AccessLog
 from .errors import (
     AddressError,
     AddressInUseError,
@@ -87,6 +88,7 @@ __all__ = [
     "ReadTimeoutError",
     "ServerStats",
     "DrainReport",
+    "AccessLog",
     "SockserveError",
     "ConfigurationError",
     "HandlerClassError",

@@ -7,6 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: Upper bounds (seconds) of the connection-duration histogram's buckets. Connections
+#: live longer than HTTP requests (Prometheus' default buckets stop at 10 s): from a
+#: millisecond exchange on loopback to an hour-long session, about 2-5x apart.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.001, 0.005, 0.025, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 1800.0, 3600.0,
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class ServerStats:
@@ -26,9 +33,18 @@ class ServerStats:
     ``queue_depth``: accepted requests waiting for a worker (thread pool only).
     ``workers_alive``: worker threads or processes alive now (0 for inline servers).
 
+    Traffic, only once recorded (``server.record_traffic()``, or an access log; zero
+    otherwise): ``bytes_in`` / ``bytes_out``: TCP payload bytes received from clients and
+    acknowledged by them (``tcp_info.py``; Unix sockets and forked children add nothing).
+    ``duration_counts``: finished requests per duration bucket, the bucket ``i`` holding
+    those that took at most ``DURATION_BUCKETS[i]`` seconds and more than the bound
+    before it (the last one: longer than every bound); ``duration_sum``: their total
+    seconds.
+
     Combining snapshots (a pre-fork master sums its workers'): every counter and mapping
     is summed, ``active``, ``queue_depth`` and ``workers_alive`` too (they are "now"
-    figures of disjoint processes); ``peak_active`` is the largest of the parts, a lower
+    figures of disjoint processes), the duration buckets bucket by bucket; ``peak_active`` is
+    the largest of the parts, a lower
     bound of the true combined peak, which no process saw (see ``combine``).
     """
 
@@ -42,6 +58,10 @@ class ServerStats:
     accept_errors: int = 0
     queue_depth: int = 0
     workers_alive: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    duration_counts: tuple[int, ...] = (0,) * (len(DURATION_BUCKETS) + 1)
+    duration_sum: float = 0.0
 
     @property
     def rejected_total(self) -> int:
@@ -59,6 +79,11 @@ class ServerStats:
     def from_dict(cls, data: dict[str, object]) -> ServerStats:
         """The inverse of ``to_dict``; unknown keys are ignored (a newer worker's extras)."""
         known = {name: data[name] for name in STATS_FIELDS if name in data}
+        counts = known.get("duration_counts")
+        if isinstance(counts, list) and len(counts) == len(DURATION_BUCKETS) + 1:
+            known["duration_counts"] = tuple(counts)
+        else:  # an older worker's snapshot, or other bounds: leave the histogram empty
+            known.pop("duration_counts", None)
         return cls(**known)  # type: ignore[arg-type]
 
 
@@ -74,6 +99,10 @@ STATS_FIELDS = (
     "accept_errors",
     "queue_depth",
     "workers_alive",
+    "bytes_in",
+    "bytes_out",
+    "duration_counts",
+    "duration_sum",
 )
 
 
@@ -98,7 +127,19 @@ def combine(parts: list[ServerStats]) -> ServerStats:
         accept_errors=sum(p.accept_errors for p in parts),
         queue_depth=sum(p.queue_depth for p in parts),
         workers_alive=sum(p.workers_alive for p in parts),
+        bytes_in=sum(p.bytes_in for p in parts),
+        bytes_out=sum(p.bytes_out for p in parts),
+        duration_counts=_sum_buckets([p.duration_counts for p in parts]),
+        duration_sum=sum(p.duration_sum for p in parts),
     )
+
+
+def _sum_buckets(parts: list[tuple[int, ...]]) -> tuple[int, ...]:
+    total = [0] * (len(DURATION_BUCKETS) + 1)
+    for part in parts:
+        for index, count in enumerate(part):
+            total[index] += count
+    return tuple(total)
 
 
 @dataclass(frozen=True)

@@ -302,6 +302,11 @@ if hasattr(os, "fork"):
             outcome = outcome_of_exit(exit_code)  # None: a signal (a drain's abort)
             if outcome is not None:
                 server._core.count_outcome(outcome)
+                # What the parent can know: the child closed the connection, so the bytes
+                # it carried are unknown here (the access log says "-").
+                job.ticket.outcome = outcome
+            else:
+                job.ticket.was_aborted = True
             job.finish()
 
         def _reap_finished_work(self) -> None:

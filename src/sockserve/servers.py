@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any, Self, Unpack, cast
 
 from .access import DEFAULT_IPV6_PREFIX, NetworkList
+from .access_log import AccessLog
 from .addresses import format_address
 from .admission.checks import AdmissionCheck, UnmapIPv4
 from .admission.client_checks import ClientLimits, ClientLimitSettings
@@ -118,6 +119,8 @@ class BaseServer:
       ``"deadline"``, ``"too_slow"``, ``"write_timeout"``) and logged once per episode.
     - ``allow``/``deny`` and per-client limits, judged before any handler runs (see
       the class attributes); ``client_limits`` holds the checks they built.
+    - ``record_traffic()``, ``set_access_log(log)``, ``reopen_logs()``: bytes and
+      durations in ``stats()``, a line per connection (docs/observability.md).
 
     Class attributes: ``timeout``, ``address_family``, ``socket_type``,
     ``allow_reuse_address``, ``allow_reuse_port``; and sockserve's ``max_connections``
@@ -294,6 +297,24 @@ class BaseServer:
         """Add a prelude (see ``admission/preludes.py``), run after those added before."""
         self._core.add_prelude(prelude)
 
+    def record_traffic(self) -> None:
+        """Count bytes in and out and connection durations in ``stats()`` from now on
+        (``serving/traffic.py``: one ``TCP_INFO`` read per connection as it closes)."""
+        self._core.record_traffic()
+
+    def set_access_log(self, access_log: AccessLog) -> None:
+        """Write a line per connection (or datagram) to ``access_log`` as it ends, in
+        every mode (``access_log.py``); records traffic too. Set it before serving: a
+        pre-fork server's workers take it with them when they fork."""
+        self._core.record_traffic(access_log)
+
+    def reopen_logs(self) -> None:
+        """Reopen the access log file before its next line (after a rotation); safe in
+        a signal handler. A pre-fork master passes it on to its workers."""
+        traffic = self._core.traffic
+        if traffic is not None and traffic.access_log is not None:
+            traffic.access_log.reopen_soon()
+
     @property
     def draining(self) -> bool:
         """True once ``drain()`` began: end keep-alive connections at the next chance."""
@@ -414,6 +435,7 @@ class BaseServer:
 
     def shutdown_request(self, request: Any) -> None:
         """End the request cleanly, then close it."""
+        self._core.closing(request)
         self.close_request(request)
 
     def close_request(self, request: Any) -> None:
@@ -594,6 +616,7 @@ class TCPServer(BaseServer):
 
     def shutdown_request(self, request: Any) -> None:
         """Send FIN (TLS: close_notify first) so the peer sees the end at once; close."""
+        self._core.closing(request)  # the bytes it carried, if traffic is recorded
         if isinstance(request, ssl.SSLSocket):
             send_close_notify(request)
         try:
@@ -639,6 +662,7 @@ class UDPServer(TCPServer):
                 "datagram_too_large",
                 f"from {format_address(client_address)}, over "
                 f"max_packet_size={self.max_packet_size}",
+                client_address,
             )
         raise BlockingIOError("only oversized datagrams were queued")
 
@@ -646,6 +670,7 @@ class UDPServer(TCPServer):
         """Datagram sockets do not listen."""
 
     def shutdown_request(self, request: Any) -> None:
+        self._core.closing(request)
         self.close_request(request)
 
     def close_request(self, request: Any) -> None:

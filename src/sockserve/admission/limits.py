@@ -44,6 +44,10 @@ class Ticket:
         "aborter",
         "exit_fd",
         "releases",
+        "outcome",
+        "was_aborted",
+        "bytes_in",
+        "bytes_out",
     )
 
     def __init__(self, limiter: ConnectionLimiter | None, request: Any, client_address: Any):
@@ -61,6 +65,13 @@ class Ticket:
         #: ``(check, client_address)`` for each admission check holding something for
         #: this request (a per-client count), released with that address when it finishes.
         self.releases: tuple[tuple[Any, Any], ...] = ()
+        #: How the request ended (``serving/job.py`` outcomes), once it has; for the
+        #: access log, read when the ticket finishes.
+        self.outcome: str | None = None
+        self.was_aborted = False
+        #: Bytes the connection carried, measured as it closed; None: not measured.
+        self.bytes_in: int | None = None
+        self.bytes_out: int | None = None
 
     def finish(self) -> None:
         if self._finished or self._limiter is None:
@@ -69,6 +80,7 @@ class Ticket:
         self._limiter.release(self)
 
     def abort(self) -> None:
+        self.was_aborted = True
         try:
             self.aborter()
         except OSError:

@@ -37,7 +37,8 @@ from ..admission.tls_prelude import tls_holder
 from ..errors import SlowPeerError, TLSHandshakeError
 from ..handler_errors import call_handle_error, peer_fault_kind
 from ..serving.connection_watch import ConnectionWatch
-from ..serving.job import HANDLER_ERROR, RequestJob
+from ..serving.job import HANDLER_ERROR, SERVED, UNVERIFIED, RequestJob
+from ..serving.traffic import measure
 from ..tls import handshake_failure, tls_info
 from .fastpath import IMPLEMENTATION
 from .handlers import AsyncBaseRequestHandler
@@ -92,13 +93,16 @@ async def serve_stream(
     try:
         is_verified = await verify(server, sock, client_address)
     except Exception as exc:
-        report_ending(server, exc, sock, client_address)
+        job.ticket.outcome = report_ending(server, exc, sock, client_address)
+        _measure(job, sock)
         sock.close()
         return
     except BaseException:
         sock.close()
         raise
     if not is_verified:
+        job.ticket.outcome = UNVERIFIED
+        _measure(job, sock)
         server.shutdown_request(sock)
         return
     holder = tls_holder(server)
@@ -113,6 +117,7 @@ async def serve_stream(
         sock.close()
         return
     except OSError as exc:
+        job.ticket.outcome = "reset"
         server._core.count_outcome("reset")
         server._core.peer_fault_log.note(
             "reset", f"{format_address(client_address)}: lost before serving: {exc}"
@@ -149,20 +154,22 @@ async def serve_stream(
         else:
             await _Driver(await_handler(work), reader, context)
         flush_seconds = CLOSE_FLUSH_SECONDS
+        job.ticket.outcome = SERVED
         breach, watched = _unwatch(watch, watched), None
         if breach is not None:  # the handler took the cut for an end of stream
-            _report_breach(server, breach, None, request, client_address)
+            job.ticket.outcome = _report_breach(server, breach, None, request, client_address)
     except Exception as exc:
         flush_seconds = CLOSE_FLUSH_SECONDS
         breach, watched = _unwatch(watch, watched), None
         if breach is None or breach is exc:
-            report_ending(server, exc, request, client_address)
+            job.ticket.outcome = report_ending(server, exc, request, client_address)
         else:
-            _report_breach(server, breach, exc, request, client_address)
+            job.ticket.outcome = _report_breach(server, breach, exc, request, client_address)
     finally:
         _unwatch(watch, watched)
         if details:
             server._core.forget_details(request)
+        _measure(job, transport.get_extra_info("socket"))
         await close_stream(writer, reader, flush_seconds)
 
 
@@ -218,11 +225,11 @@ def _report_breach(
     cause: BaseException | None,
     request: Any,
     client_address: Any,
-) -> None:
+) -> str:
     try:
         raise breach from cause  # handle_error reads the exception being handled
     except SlowPeerError as exc:
-        report_ending(server, exc, request, client_address)
+        return report_ending(server, exc, request, client_address)
 
 
 def sweep_on_loop(watch: ConnectionWatch) -> None:
@@ -255,12 +262,17 @@ async def serve_datagram(job: RequestJob) -> None:
     that counts or logs requests sees the same calls in both modes.
     """
     server, request, client_address = job.server, job.request, job.client_address
+    ticket = job.ticket
     try:
         if await verify(server, request, client_address):
             await server.finish_request(request, client_address)
+            ticket.outcome = SERVED
+        else:
+            ticket.outcome = UNVERIFIED
     except Exception as exc:
-        report_ending(server, exc, request, client_address)
+        ticket.outcome = report_ending(server, exc, request, client_address)
     finally:
+        _measure(job, request)
         try:
             server.shutdown_request(request)
         except Exception as exc:
@@ -316,8 +328,18 @@ async def close_stream(
         raise
 
 
-def report_ending(server: Any, exc: Exception, request: Any, client_address: Any) -> None:
+def report_ending(server: Any, exc: Exception, request: Any, client_address: Any) -> str:
     """Count how a request ended and give it to ``handle_error``; call inside the
-    ``except`` block (``handle_error`` reads the exception being handled)."""
-    server._core.count_outcome(peer_fault_kind(exc) or HANDLER_ERROR)
+    ``except`` block (``handle_error`` reads the exception being handled). Returns the
+    outcome counted."""
+    outcome = peer_fault_kind(exc) or HANDLER_ERROR
+    server._core.count_outcome(outcome)
     call_handle_error(server, request, client_address, log)
+    return outcome
+
+
+def _measure(job: RequestJob, sock: Any) -> None:
+    """Bytes the connection carried, into the ticket, if traffic is recorded: before
+    the close (the transport's socket, or a datagram request's size)."""
+    if job.server._core.traffic is not None:
+        job.ticket.bytes_in, job.ticket.bytes_out = measure(sock)

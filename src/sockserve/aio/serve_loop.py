@@ -327,6 +327,8 @@ class AsyncServeLoop:
         job = self._requests.pop(task, None)
         if not task.cancelled():
             task.exception()  # retrieved: SystemExit and the like already left the loop
+        elif job is not None:
+            job.ticket.was_aborted = True  # shutdown() or a drain's deadline cancelled it
         if job is not None:
             job.finish()  # the core calls _update_listener: room for the next one
 

@@ -11,6 +11,7 @@ socketserver program on sockserve. Where the parts live:
 - ``privileges.py``, ``logs.py``: ``--user``/``--group``, ``--log-*``;
 - ``activation.py``: inherited sockets (``fd://N``, systemd socket activation);
 - ``service_manager.py``: READY/STATUS/STOPPING/WATCHDOG for systemd (``NOTIFY_SOCKET``);
+- ``observe.py``: ``--access-log`` and ``--metrics``;
 - ``serving.py``: serving until a signal, and the drain with a deadline;
 - ``run.py``: ``sockserve run``: a program's own servers, under ``policy.py``.
 
@@ -36,6 +37,7 @@ from . import (
     build,
     config,
     logs,
+    observe,
     options,
     privileges,
     run,
@@ -132,8 +134,13 @@ def _run(args: argparse.Namespace) -> int:
     manager = service_manager.ServiceManagerLink.from_environment()
     servers = build.open_servers(plan)
     try:
-        if identity is not None:
-            privileges.switch_to(identity)
+        observing = observe.Observability(settings, servers)
+        try:
+            if identity is not None:
+                privileges.switch_to(identity)
+        except BaseException:
+            observing.close()
+            raise
     except BaseException:
         for server in servers:
             server.server_close()
@@ -141,10 +148,12 @@ def _run(args: argparse.Namespace) -> int:
     mode = type(servers[0]).__name__ if plan.mode == "factory" else plan.mode
     ready_line = (
         f"sockserve {__version__}: serving {target.name} on "
-        f"{', '.join(binds.describe(server) for server in servers)} ({mode}); Ctrl-C stops"
+        f"{', '.join(binds.describe(server) for server in servers)} ({mode})"
+        f"{observing.describe()}; Ctrl-C stops"
     )
     if manager is not None:
         manager.servers = servers
+    observing.start()
     try:
         if hasattr(servers[0], "worker_pids"):  # a pre-fork master: one bind (build.RULES)
             summary = serving.serve_prefork(servers[0], ready_line, manager=manager)
@@ -158,6 +167,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if manager is not None:
             manager.close()
+        observing.close()
     print(f"sockserve: {summary.describe()}", flush=True)
     return 0
 

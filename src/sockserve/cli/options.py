@@ -25,6 +25,8 @@ PROXY_VERSIONS = ("v1", "v2", "any")
 #: Environment variables read elsewhere in sockserve: known, so no "unknown" warning.
 OTHER_ENVIRONMENT = frozenset({"SOCKSERVE_PURE_PYTHON"})  # aio/fastpath.py
 ENV_PREFIX = "SOCKSERVE_"
+#: Where ``--metrics PORT`` listens: the endpoint has no authentication.
+LOOPBACK = "127.0.0.1"
 
 
 class OptionValueError(ValueError):
@@ -187,6 +189,20 @@ def name(text: str) -> str:
     return text.strip()
 
 
+def metrics_address(text: str) -> Bind:
+    """``PORT`` (on loopback), ``HOST:PORT`` or ``[IPv6]:PORT``: where /metrics is served."""
+    value = text.strip()
+    if value.isdigit():
+        return Bind.tcp(LOOPBACK, port(value))
+    try:
+        where = Bind.parse(value)
+    except BindSyntaxError as exc:
+        raise OptionValueError(str(exc)) from None
+    if where.transport != "tcp":
+        raise OptionValueError(f"expected PORT or HOST:PORT (TCP), got {text!r}")
+    return where
+
+
 def bind(text: str) -> Bind:
     try:
         return Bind.parse(text)
@@ -332,7 +348,29 @@ OPTIONS: Sequence[Option] = (
         "SECONDS",
     ),
     Option("log-level", "one of " + ", ".join(LOG_LEVELS), choice(*LOG_LEVELS), "warning"),
-    Option("log-format", "text, or json (one object per line)", choice(*LOG_FORMATS), "text"),
+    Option(
+        "log-format",
+        "text, or json (one object per line); for the process log and the access log",
+        choice(*LOG_FORMATS),
+        "text",
+    ),
+    Option(
+        "access-log",
+        "append a line per connection to PATH (-: standard output); SIGUSR1 reopens it",
+        name,
+        None,
+        "PATH",
+        unset="none",
+    ),
+    Option(
+        "metrics",
+        "serve /metrics (Prometheus), /stats.json and a live page on [HOST:]PORT "
+        "(PORT alone: loopback); needs sockserve[metrics]",
+        metrics_address,
+        None,
+        "[HOST:]PORT",
+        unset="off",
+    ),
     Option(
         "tls-cert",
         "serve TLS with this PEM certificate chain (full chain); SIGHUP re-reads the files",

@@ -46,6 +46,8 @@ STOP_GRACE_SECONDS = 5.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: The signal that re-reads the TLS files (an ACME client's deploy hook sends it).
 RELOAD_SIGNAL = getattr(signal, "SIGHUP", None)
+#: The signal that reopens the access log (after logrotate moved it).
+REOPEN_SIGNAL = signal.SIGUSR1
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,11 @@ def serve_until_stopped(
     """
     events = Mailbox()
     handled = STOP_SIGNALS if RELOAD_SIGNAL is None else (*STOP_SIGNALS, RELOAD_SIGNAL)
-    with events, signals_recorded(events.post, wake_fd=events.wake_fd(), signals=handled):
+    with (
+        events,
+        signals_recorded(events.post, wake_fd=events.wake_fd(), signals=handled),
+        _reopen_on_signal(servers),
+    ):
         for server in servers:
             threading.Thread(
                 target=_serve, args=(server, events), name="sockserve-serve", daemon=True
@@ -191,7 +197,7 @@ def serve_prefork(
             lambda: manager.tick(is_ready=server.workers_ready() > 0, is_stopping=server.draining),
             interval=manager.tick_interval,
         )
-    with signals_recorded(lambda signum: server.shutdown()):
+    with signals_recorded(lambda signum: server.shutdown()), _reopen_on_signal([server]):
         print(ready_line, flush=True)
         server.serve_forever()
     server.server_close()
@@ -294,6 +300,31 @@ def close_all_quickly(servers: Sequence[Any]) -> None:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass  # already gone
+
+
+class _reopen_on_signal:  # noqa: N801 (a context manager used like a function)
+    """SIGUSR1 asks every server to reopen its access log; the old handler comes back after.
+
+    ``reopen_logs`` only raises a flag (the next line reopens), so calling it from the
+    handler is safe. A pre-fork master replaces this with its own handler while it
+    supervises, which passes the signal on to the workers.
+    """
+
+    def __init__(self, servers: Sequence[Any]) -> None:
+        self._servers = servers
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        for server in self._servers:
+            reopen = getattr(server, "reopen_logs", None)
+            if reopen is not None:
+                reopen()
+
+    def __enter__(self) -> None:
+        self._previous = signal.signal(REOPEN_SIGNAL, self._handle)
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(REOPEN_SIGNAL, signal.SIG_DFL if self._previous is None else self._previous)
 
 
 class signals_recorded:  # noqa: N801 (a context manager used like a function)

@@ -26,6 +26,7 @@ SIGNAL_ACTIONS: dict[int, str] = {
         ("SIGHUP", "hangup"),  # reload (TLS files), then a rolling restart
         ("SIGTTIN", "add_worker"),
         ("SIGTTOU", "remove_worker"),
+        ("SIGUSR1", "reopen_logs"),  # logrotate's signal: passed on to every worker
     )
     if hasattr(signal, name)
 }

@@ -111,6 +111,7 @@ class Supervisor:
             "hangup": self._hangup,
             "add_worker": self._add_worker,
             "remove_worker": self._remove_worker,
+            "reopen_logs": self._reopen_logs,
         }
         self._deadlines = WorkerDeadlines(
             worker_timeout=settings.worker_timeout, graceful_timeout=settings.graceful_timeout
@@ -435,6 +436,11 @@ class Supervisor:
             return
         self.target -= 1
         log.info("workers: %d → %d", self.target + 1, self.target)
+
+    def _reopen_logs(self) -> None:
+        """The workers write the access log: each reopens it before its next line."""
+        for worker in list(self._workers.values()):
+            send_signal(worker.pid, signal.SIGUSR1)
 
     # -- setting up and tearing down -----------------------------------------------------
 

@@ -136,7 +136,11 @@ class Worker:
         after_loop: Callable[[], None],
         poll_interval: float | None,
     ) -> int:
-        handlers = {signal.SIGTERM: self._on_terminate, signal.SIGQUIT: _exit_now}
+        handlers = {
+            signal.SIGTERM: self._on_terminate,
+            signal.SIGQUIT: _exit_now,
+            signal.SIGUSR1: self._on_reopen_logs,
+        }
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         for signum in MASTER_ONLY_SIGNALS:
@@ -284,6 +288,10 @@ class Worker:
         # service manager) the master learns it should start a replacement.
         self._send(STOPPING)
         self.begin_stop("SIGTERM")
+
+    def _on_reopen_logs(self, signum: int, frame: object) -> None:
+        # From the master (SIGUSR1 after a log rotation): only raises a flag.
+        self.server.reopen_logs()
 
     def begin_stop(self, reason: str) -> None:
         """Stop accepting; safe in a signal handler (it only asks the loop, lock-free).

@@ -15,6 +15,10 @@ accepts, then asks the core:
    ticket; the core then runs ``on_request_done`` hooks and wakes a loop waiting for
    room.
 
+With traffic recorded (``record_traffic``: an access log or metrics), the core also
+measures each request's bytes as ``shutdown_request`` closes it (``closing``) and hands
+each finished ticket and each refusal to ``traffic.py``, once, for every loop and mode.
+
 The core also owns the counters behind ``stats()``, the accept-error back-off, and the
 episode logs: a refused connection, a peer fault or a dropped datagram is counted by
 reason and logged once per episode (``episodes.py``), not once each.
@@ -32,6 +36,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from ..access_log import REFUSED, AccessLog
 from ..addresses import format_address
 from ..admission.checks import AdmissionCheck, Refused, check_judges
 from ..admission.limits import ConnectionLimiter, Ticket, untracked_ticket
@@ -41,6 +46,7 @@ from ..listeners import CAPACITY_ACCEPT_ERRNOS, TRANSIENT_ACCEPT_ERRNOS, AcceptB
 from ..metrics import ServerStats
 from .connection_watch import ConnectionWatch
 from .job import HANDLER_ERROR, SERVED, RequestJob
+from .traffic import TrafficRecorder, measure
 
 log = logging.getLogger("sockserve.serving")
 
@@ -66,6 +72,14 @@ class ServingCore:
         #: ``aio/connections.py``); None while the server sets no slow-client limit.
         self.connection_watch: ConnectionWatch | None = None
         self._handed_over: dict[int, RequestJob] = {}
+        # Jobs running a stdlib hook that serves by request alone (``RequestJob.run_with``);
+        # apart from _handed_over, which the loop empties behind the dispatcher's back.
+        self._lent: dict[int, RequestJob] = {}
+        #: Bytes, durations and the access log (``traffic.py``); None: not recorded.
+        self.traffic: TrafficRecorder | None = None
+        # While traffic is recorded: each admitted request's ticket, by the request's
+        # identity, for ``closing`` (the object is kept to tell a reused id apart).
+        self._tickets: dict[int, Ticket] = {}
         # Keyed by identity; the object itself is kept to tell a reused id apart.
         self._details: dict[int, tuple[Any, dict[str, Any]]] = {}
         #: Called with each admitted request's ticket, on the loop's thread, before the
@@ -147,6 +161,8 @@ class ServingCore:
             self.refuse(server, request, client_address, what, "at capacity", overloaded=True)
             return None
         ticket = limiter.admit(request, client_address)
+        if self.traffic is not None:
+            self._tickets[id(request)] = ticket
         if holding:
             ticket.releases = tuple(holding)
         for hook in self.on_request_admitted:
@@ -187,6 +203,8 @@ class ServingCore:
     ) -> None:
         """Count, log once per episode, and close a refused connection."""
         self.note_refusal(reason, client_address, message)
+        if self.traffic is not None:
+            self.traffic.refused(request, client_address, reason)
         try:
             if overloaded:
                 server.handle_overload(request, client_address)
@@ -204,10 +222,14 @@ class ServingCore:
         self.limiter.reject(reason)
         self.refusals.note(reason, f"{format_address(client_address)}: {message}")
 
-    def note_dropped(self, reason: str, detail: str) -> None:
+    def note_dropped(self, reason: str, detail: str, client_address: Any = None) -> None:
         """A datagram dropped before it became a request: counted with the refusals."""
         self.limiter.reject(reason)
         self.drops.note(reason, detail)
+        if self.traffic is not None and self.traffic.access_log is not None:
+            self.traffic.access_log.connection_ended(
+                client_address, REFUSED, None, None, None, reason=reason
+            )
 
     # -- handing a job to process_request, without a thread-local ---------------------------
 
@@ -234,6 +256,39 @@ class ServingCore:
             return True
         return False
 
+    def lend(self, job: RequestJob) -> None:
+        """While ``job`` runs a hook given only its request: find it by that request."""
+        self._lent[id(job.request)] = job
+
+    def end_loan(self, job: RequestJob) -> None:
+        if self._lent.get(id(job.request)) is job:
+            del self._lent[id(job.request)]
+
+    def borrow(self, server: Any, request: Any, client_address: Any) -> RequestJob:
+        """The lent job of ``request``, or one whose ticket counts nothing."""
+        job = self._lent.get(id(request))
+        if job is None or job.request is not request:
+            return RequestJob(server, request, client_address, untracked_ticket(), self)
+        return job
+
+    # -- traffic ---------------------------------------------------------------------------
+
+    def record_traffic(self, access_log: AccessLog | None = None) -> None:
+        """Count bytes and durations from now on; write ``access_log``'s lines if given."""
+        if self.traffic is None:
+            self.traffic = TrafficRecorder(access_log)
+        elif access_log is not None:
+            self.traffic.access_log = access_log
+
+    def closing(self, request: Any) -> None:
+        """``request`` is about to be closed (``shutdown_request``): if traffic is
+        recorded, read what it carried into its ticket while the kernel still knows."""
+        if self.traffic is None:
+            return
+        ticket = self._tickets.pop(id(request), None)
+        if ticket is not None and ticket.request is request:
+            ticket.bytes_in, ticket.bytes_out = measure(request)
+
     # -- outcomes --------------------------------------------------------------------------
 
     def count_outcome(self, outcome: str) -> None:
@@ -254,6 +309,10 @@ class ServingCore:
                 check.release(judged_address)
             except Exception:
                 log.exception("admission check %r failed to release", check)
+        if self.traffic is not None:
+            if self._tickets.get(id(ticket.request)) is ticket:
+                del self._tickets[id(ticket.request)]  # closed without shutdown_request
+            self.traffic.finished(ticket)
         for hook in self.on_request_done:
             hook(ticket)
         self.wake_loop()
@@ -283,6 +342,15 @@ class ServingCore:
         with self._counts_lock:
             handler_errors = self.handler_errors
             peer_faults = dict(self.peer_faults)
+        traffic = ServerStats()
+        if self.traffic is not None:
+            bytes_in, bytes_out, counts, seconds = self.traffic.snapshot()
+            traffic = ServerStats(
+                bytes_in=bytes_in,
+                bytes_out=bytes_out,
+                duration_counts=counts,
+                duration_sum=seconds,
+            )
         return ServerStats(
             accepted=self.accepted,
             active=limiter.active,
@@ -294,6 +362,10 @@ class ServingCore:
             accept_errors=self.backoff.total_errors,
             queue_depth=queue_depth,
             workers_alive=workers_alive,
+            bytes_in=traffic.bytes_in,
+            bytes_out=traffic.bytes_out,
+            duration_counts=traffic.duration_counts,
+            duration_sum=traffic.duration_sum,
         )
 
 

@@ -45,6 +45,12 @@ class OutcomeCounter(Protocol):
 
     def count_outcome(self, outcome: str) -> None: ...
 
+    def lend(self, job: RequestJob) -> None: ...
+
+    def end_loan(self, job: RequestJob) -> None: ...
+
+    def borrow(self, server: Any, request: Any, client_address: Any) -> RequestJob: ...
+
 
 class RequestJob:
     """One admitted request and what is left to do for it."""
@@ -101,6 +107,7 @@ class RequestJob:
         except BaseException:
             self.close()
             raise
+        self.ticket.outcome = SERVED
         if close:
             self.close()
         return SERVED
@@ -140,10 +147,20 @@ class RequestJob:
 
     def run_with(self, body: Any) -> None:
         """Run ``body(request, client_address)`` (a stdlib hook that serves and closes,
-        such as ``process_request_thread``) in place of ``serve``, then finish."""
+        such as ``process_request_thread``) in place of ``serve``, then finish.
+
+        While ``body`` runs the job is left with the core under its request, so that
+        ``serve_and_close`` (the default ``process_request_thread``) serves it as this
+        job: its outcome and bytes land on this ticket.
+        """
+        core = self._core
+        if core is not None:
+            core.lend(self)
         try:
             body(self.request, self.client_address)
         finally:
+            if core is not None:
+                core.end_loan(self)
             self.finish()
 
     def report(self, exc: BaseException) -> str:
@@ -153,6 +170,7 @@ class RequestJob:
         ``handle_error`` reads the exception being handled, as in the stdlib.
         """
         outcome = peer_fault_kind(exc) or HANDLER_ERROR
+        self.ticket.outcome = outcome
         if self._core is not None:
             self._core.count_outcome(outcome)
         try:
@@ -181,13 +199,17 @@ class RequestJob:
 def serve_and_close(server: Any, request: Any, client_address: Any) -> str:
     """The handler, error reporting and closing for a request the caller holds no job
     for (the stdlib hook ``process_request_thread``, whose caller finishes the job)."""
-    core = getattr(server, "_core", None)
-    return RequestJob(server, request, client_address, _NOTHING_TO_FINISH, core).serve()
+    core: OutcomeCounter | None = getattr(server, "_core", None)
+    if core is None:
+        return RequestJob(server, request, client_address, _NOTHING_TO_FINISH, None).serve()
+    return core.borrow(server, request, client_address).serve()
 
 
 #: Outcomes of ``serve``; peer-fault kinds come from ``handler_errors``.
 SERVED = "served"
 HANDLER_ERROR = "handler_error"
+#: ``verify_request`` said no: closed unserved.
+UNVERIFIED = "unverified"
 
 #: A forked child's exit status per outcome (1 is also what an unexpected crash gives).
 CHILD_EXIT_CODES = {

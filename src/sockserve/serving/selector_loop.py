@@ -34,6 +34,7 @@ from ..admission.checks import Refused
 from ..admission.preludes import drive_blocking
 from ..metrics import DrainReport
 from .core import ServingCore
+from .job import UNVERIFIED
 from .loop_threads import (
     STOP_FLAG,
     STOPPED_EVENT,
@@ -322,6 +323,7 @@ class ServeLoop(LoopThreads):
             if server.verify_request(job.request, job.client_address):
                 server.process_request(job.request, job.client_address)
             else:
+                job.ticket.outcome = UNVERIFIED
                 job.close()
         except Exception as exc:
             job.report(exc)
