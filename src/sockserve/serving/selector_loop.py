@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from ..admission.checks import Refused
 from ..admission.preludes import drive_blocking
+from ..listener_stop import refuse_new_handshakes
 from ..metrics import DrainReport
 from .core import ServingCore
 from .loop_threads import (
@@ -123,6 +124,12 @@ class ServeLoop(LoopThreads):
                 self._preludes_of[thread] = preludes
                 try:
                     self._run(server, selector, preludes, poll_interval)
+                    if self.core.is_draining and len(preludes):
+                        log.info(
+                            "drain: finishing the preludes of %d accepted connection(s)",
+                            len(preludes),
+                        )
+                        preludes.finish_all()
                 finally:
                     del self._preludes_of[thread]
                     for request, address in preludes.abandon_all():
@@ -352,6 +359,8 @@ class ServeLoop(LoopThreads):
         if listener.fileno() < 0 or self.is_running:
             return
         make_listener_nonblocking(server)
+        # No new handshakes from here: the close below then resets nobody (listener_stop.py).
+        refuse_new_handshakes(listener)
         while time.monotonic() < backlog_deadline and server._handle_request_noblock() is True:
             pass
         listener.close()
