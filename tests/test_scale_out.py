@@ -456,3 +456,18 @@ def test_one_instance_drains_under_load_and_no_request_fails(
             )
             assert tally.failures == []
             assert survivor.stop(signal.SIGTERM) == 0
+
+
+#: The addresses docs/deployment.md fills in.
+DOCUMENTED = {
+    "stats_socket": "/run/haproxy/admin.sock",
+    "frontend": ":8000",
+    "server_a": "127.0.0.1:8001",
+    "server_b": "127.0.0.1:8002",
+}
+
+
+def test_the_deployment_doc_shows_the_tested_config() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "deployment.md").read_text(encoding="utf-8")
+    shown = render_config(**DOCUMENTED)
+    assert f"```text\n{shown}```\n" in doc, "docs/deployment.md: update the HAProxy config"
