@@ -68,6 +68,25 @@ def test_after_refuse_new_handshakes_the_queue_is_kept_and_nothing_joins_it() ->
                         listener.accept()  # the late one never joined the queue
 
 
+def test_a_drain_leaves_a_listener_it_shares_as_it_was() -> None:
+    """A socket the server did not bind (inherited from systemd, a pre-fork master) may
+    be another process's listener too: the drain closes its own descriptor, no filter."""
+    with socket.create_server(("127.0.0.1", 0)) as other_holder:
+        other_holder.settimeout(TIMEOUT)
+        server = sockserve.ThreadingTCPServer(("127.0.0.1", 0), Echo, bind_and_activate=False)
+        server.socket.close()
+        server.socket = other_holder.dup()
+        server.server_address = other_holder.getsockname()
+        assert not server.owns_listener()
+        with serve_in_thread(server):
+            server.drain(TIMEOUT)
+        with socket.create_connection(other_holder.getsockname(), TIMEOUT):
+            accepted, _ = other_holder.accept()  # still listening, SYNs welcome
+            accepted.close()
+    with sockserve.ThreadingTCPServer(("127.0.0.1", 0), Echo) as own:
+        assert own.owns_listener()
+
+
 class Echo(sockserve.StreamRequestHandler):
     def handle(self) -> None:
         self.wfile.write(self.rfile.readline())

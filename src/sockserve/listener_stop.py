@@ -60,7 +60,10 @@ DROP_SYN_PROGRAM = (
 def refuse_new_handshakes(listener: socket.socket) -> bool:
     """Make a TCP listener ignore new SYNs, keeping its queue; False if not possible here.
 
-    Call it before the last sweep of the accept queue and the close (see above).
+    Call it before the last sweep of the accept queue and the close (see above), and
+    only on a listener this process alone holds: the filter belongs to the socket, so on
+    one shared with pre-fork siblings or held by systemd for the next instance it would
+    stop their accepting too (``servers.TCPServer.owns_listener`` tells).
     """
     if not sys.platform.startswith("linux"):
         return False

@@ -474,7 +474,9 @@ class AsyncServeLoop:
             self._loop.remove_reader(self._listener_fd)
             self._is_listening = False
         # No new handshakes from here: the close below then resets nobody (listener_stop.py).
-        refuse_new_handshakes(server.socket)
+        # Not on a listener other processes share: it would stop theirs too.
+        if server.owns_listener():
+            refuse_new_handshakes(server.socket)
         while self._accept_one() is not None:
             pass
         self._listener_fd = -1

@@ -360,7 +360,10 @@ class ServeLoop(LoopThreads):
             return
         make_listener_nonblocking(server)
         # No new handshakes from here: the close below then resets nobody (listener_stop.py).
-        refuse_new_handshakes(listener)
+        # Not on a listener other processes share: it would stop theirs too.
+        owns_listener = getattr(server, "owns_listener", None)  # a TCPServer's method
+        if owns_listener is not None and owns_listener():
+            refuse_new_handshakes(listener)
         while time.monotonic() < backlog_deadline and server._handle_request_noblock() is True:
             pass
         listener.close()
