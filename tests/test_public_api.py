@@ -507,7 +507,7 @@ def test_active_children_before_and_after_a_fork() -> None:
 #: module must be given its place.
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "addresses", "metrics", "episodes", "policy"),
-    ("listeners", "sockets", "systemd", "tcp_info"),
+    ("listeners", "listener_stop", "sockets", "systemd", "tcp_info"),
     ("access_log",),
     # Who the peer really is and what its first bytes say: pure decisions and parsers.
     (

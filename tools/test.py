@@ -16,9 +16,9 @@ when the project is installed and a C compiler is there). With no pytest argumen
 interpreter also runs the async tests once more with it switched off
 (``SOCKSERVE_PURE_PYTHON=1``), so both paths are checked everywhere.
 
-Real components some tests drive: ``haproxy`` (tests/test_haproxy_interop.py; Debian
-package ``haproxy``, installed by ``.ci/run``, or by the test itself when it runs as
-root with apt-get; otherwise that test skips and prints why).
+Real components some tests drive: ``haproxy`` (tests/test_haproxy_interop.py,
+tests/test_scale_out.py; Debian package ``haproxy``, installed by ``.ci/run``, or by the
+test itself when it runs as root with apt-get; otherwise that test skips and prints why).
 Debian packages some tests use (``.ci/run`` installs them where apt-get exists and they
 are missing): ``systemd``, for ``systemd-analyze verify`` in test_deployment_docs.py.
 tests/test_tls_serving.py runs ``curl`` and ``openssl s_client`` against the server; it

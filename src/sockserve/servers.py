@@ -545,6 +545,8 @@ class TCPServer(BaseServer):
             install_tls(self, self.ssl_context)
         family = self._choose_family()
         self._unix_path_created: UnixSocketFile | None = None
+        #: (pid, socket) of the listener this server bound itself: see owns_listener().
+        self._bound_listener: tuple[int, socket.socket] | None = None
         self._accepted_socket_triple: tuple[socket.socket, int, int, int] | None = None
         self.socket = open_socket(family, self.socket_type, dual_stack=self.dual_stack)
         if family == getattr(socket, "AF_INET6", None):
@@ -574,9 +576,20 @@ class TCPServer(BaseServer):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         mode = check_unix_socket_mode(self.socket, self.server_address, self.unix_socket_mode)
         bind_socket(self.socket, self.server_address)
+        self._bound_listener = (os.getpid(), self.socket)
         self._remember_unix_path()
         apply_unix_socket_mode(self._unix_path_created, mode)  # before listen(): no client yet
         self.server_address = self.socket.getsockname()
+
+    def owns_listener(self) -> bool:
+        """Whether this process bound the listening socket and so holds it alone.
+
+        False for a socket it inherited (``fd://``, systemd, a pre-fork master's fork)
+        or one set after binding: another process may be listening on it too, so a
+        drain must not change it (``listener_stop.py``), only close its own descriptor.
+        """
+        bound = self._bound_listener
+        return bound is not None and bound[0] == os.getpid() and bound[1] is self.socket
 
     def server_activate(self) -> None:
         """Listen, with a backlog of ``request_queue_size``."""

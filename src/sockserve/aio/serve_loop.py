@@ -41,6 +41,7 @@ from typing import Any
 
 from ..addresses import format_address
 from ..admission.checks import Refused
+from ..listener_stop import refuse_new_handshakes
 from ..listeners import TRANSIENT_ACCEPT_ERRNOS
 from ..metrics import DrainReport
 from ..serving.core import ServingCore
@@ -63,7 +64,7 @@ class AsyncServeLoop:
         self.core = core
         self.limiter = core.limiter
         core.wake_loop = self._update_listener
-        self._in_preludes = 0
+        self._in_preludes: set[asyncio.Task[Any]] = set()  # connections in their preludes
         self._last_drain: DrainReport | None = None
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -234,7 +235,7 @@ class AsyncServeLoop:
             return False
         if self._back_off_timer is not None:
             return False
-        if self._in_preludes >= server.max_pending_preludes:
+        if len(self._in_preludes) >= server.max_pending_preludes:
             return False
         capacity, what = server._capacity()
         has_room = self.limiter.has_room(capacity)
@@ -278,12 +279,12 @@ class AsyncServeLoop:
     def _start_preludes(self, request: Any, client_address: Any) -> None:
         """Run the preludes on the loop, then admit; counted against their own bound."""
         assert self._loop is not None
-        self._in_preludes += 1
         task = self._loop.create_task(run_preludes(self.core.preludes, request, client_address))
+        self._in_preludes.add(task)
         task.add_done_callback(partial(self._preludes_done, request, client_address))
 
     def _preludes_done(self, request: Any, client_address: Any, task: asyncio.Task[Any]) -> None:
-        self._in_preludes -= 1
+        self._in_preludes.discard(task)
         server = self._server
         if task.cancelled() or server is None:
             request.close()
@@ -296,7 +297,9 @@ class AsyncServeLoop:
                 request.close()
             else:
                 request, client_address, details = task.result()
-                if self._is_stopping or self._is_draining:
+                # A drain serves what was accepted (the listener may be closed already,
+                # and a balancer cannot retry a connection it saw succeed); a stop does not.
+                if self._is_stopping:
                     self.core.refuse(server, request, client_address, "stopping", "stopping")
                 else:
                     self._admit(request, client_address, details)
@@ -432,10 +435,16 @@ class AsyncServeLoop:
         self._take_backlog_and_stop_listening()
         self._is_draining = True  # stop accepting, but let serve() run until we are done
         self._update_listener()
-        running = [task for task in self._requests if task is not asyncio.current_task()]
-        pending: set[asyncio.Task[None]] = set()
-        if running:
-            _, pending = await asyncio.wait(running, timeout=timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            # Connections still in their preludes become requests when those end: wait
+            # for both, until none is left or time is up.
+            pending = self._running_work()
+            remaining = deadline - loop.time()
+            if not pending or remaining <= 0:
+                break
+            await asyncio.wait(pending, timeout=remaining)
         finished = self.limiter.released - released_before
         if pending:
             log.warning(
@@ -454,6 +463,11 @@ class AsyncServeLoop:
         self._last_drain = report
         return report
 
+    def _running_work(self) -> set[asyncio.Task[Any]]:
+        """The requests and prelude runs in progress, except the caller (a drain task)."""
+        current = asyncio.current_task()
+        return {task for task in (*self._in_preludes, *self._requests) if task is not current}
+
     def _take_backlog_and_stop_listening(self) -> None:
         server = self._server
         if server is None or not self._is_stream or self._listener_fd < 0:
@@ -461,6 +475,10 @@ class AsyncServeLoop:
         if self._is_listening and self._loop is not None:
             self._loop.remove_reader(self._listener_fd)
             self._is_listening = False
+        # No new handshakes from here: the close below then resets nobody (listener_stop.py).
+        # Not on a listener other processes share: it would stop theirs too.
+        if server.owns_listener():
+            refuse_new_handshakes(server.socket)
         while self._accept_one() is not None:
             pass
         self._listener_fd = -1

@@ -107,6 +107,33 @@ class PendingPreludes:
                     ),
                 )
 
+    def finish_all(self) -> None:
+        """The loop is stopping for a drain: take every pending connection through the
+        rest of its preludes (each within its prelude's own timeout), accepting no more.
+
+        A connection the loop accepted is the server's to serve: dropping it now would
+        reset a client that a load balancer cannot retry, since to the balancer the
+        connect had succeeded. Only these sockets are watched (a private selector: the
+        loop's also holds the listener, which would report the backlog over and over).
+        """
+        if not self._pending:
+            return
+        loop_selector = self._selector
+        with type(loop_selector)() as selector:
+            self._selector = selector
+            try:
+                for fd, pending in self._pending.items():
+                    loop_selector.unregister(fd)
+                    selector.register(fd, pending.events, self)
+                while self._pending:
+                    deadline = self.next_deadline()
+                    assert deadline is not None
+                    for key, _ in selector.select(max(0.0, deadline - time.monotonic())):
+                        self.on_ready(key)
+                    self.expire(time.monotonic())
+            finally:
+                self._selector = loop_selector
+
     def abandon_all(self) -> list[tuple[Any, Any]]:
         """The loop is stopping: unregister every pending connection and return them."""
         left = [(connection_of(p.run, p.request), p.client_address) for p in self._pending.values()]

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from ..admission.checks import Refused
 from ..admission.preludes import drive_blocking
+from ..listener_stop import refuse_new_handshakes
 from ..metrics import DrainReport
 from .core import ServingCore
 from .job import UNVERIFIED
@@ -125,7 +126,11 @@ class ServeLoop(LoopThreads):
                 try:
                     self._run(server, selector, preludes, poll_interval)
                     if self.core.is_draining and len(preludes):
-                        self._finish_preludes(server, selector, preludes)
+                        log.info(
+                            "drain: finishing the preludes of %d accepted connection(s)",
+                            len(preludes),
+                        )
+                        preludes.finish_all()
                 finally:
                     del self._preludes_of[thread]
                     for request, address in preludes.abandon_all():
@@ -179,29 +184,6 @@ class ServeLoop(LoopThreads):
                 preludes.expire(time.monotonic())
             core.tick()
             server.service_actions()
-
-    def _finish_preludes(
-        self, server: Server, selector: selectors.BaseSelector, preludes: PendingPreludes
-    ) -> None:
-        """Draining: finish the preludes already under way, each within its deadline.
-
-        Those connections are this loop's alone (accepted, mid-handshake): stopping now
-        would reset them, even in a pre-fork rolling restart where other workers go on.
-        Nothing new is accepted; the drain's own deadline still bounds the wait for us.
-        """
-        try:
-            selector.unregister(server)
-        except (KeyError, ValueError):
-            pass  # out of the selector already (no room, or backing off)
-        wakeup = self._wakeup
-        assert wakeup is not None
-        while len(preludes):
-            for key, _ in selector.select(_earliest(None, None, preludes.next_deadline())):
-                if key.data is preludes:
-                    preludes.on_ready(key)
-                elif key.data == "wakeup":
-                    discard_wakeups(wakeup[0])
-            preludes.expire(time.monotonic())
 
     def _should_accept(self, server: Server, in_preludes: int) -> tuple[bool, float | None]:
         """Whether to watch the listener now, and how long at most to wait otherwise."""
@@ -379,6 +361,11 @@ class ServeLoop(LoopThreads):
         if listener.fileno() < 0 or self.is_running:
             return
         make_listener_nonblocking(server)
+        # No new handshakes from here: the close below then resets nobody (listener_stop.py).
+        # Not on a listener other processes share: it would stop theirs too.
+        owns_listener = getattr(server, "owns_listener", None)  # a TCPServer's method
+        if owns_listener is not None and owns_listener():
+            refuse_new_handshakes(listener)
         while time.monotonic() < backlog_deadline and server._handle_request_noblock() is True:
             pass
         listener.close()
