@@ -529,7 +529,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("serving.core",),
     ("serving.loop_threads", "serving.pending_preludes"),
     ("serving.selector_loop", "serving"),
-    ("servers",),
+    ("servers", "servers.*"),
     ("mixins",),
     # The pre-fork pool: worker side, process plumbing, the supervising master, the mixin.
     ("prefork.worker",),
@@ -570,7 +570,14 @@ LAYERS: list[tuple[str, ...]] = [
 
 #: Dispatch strategies run callables; they never touch a socket.
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    "dispatch": ("listeners", "serving.selector_loop", "servers", "handlers", "mixins"),
+    "dispatch": (
+        "listeners",
+        "serving.selector_loop",
+        "servers",
+        "servers.base",
+        "handlers",
+        "mixins",
+    ),
 }
 
 SOURCE_ROOT = Path(sockserve.__file__).resolve().parent

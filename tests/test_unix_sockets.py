@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import sockserve
-import sockserve.servers
+import sockserve.servers.stream
 import sockserve.sockets
 from sockserve.addresses import format_address, unix_address
 from sockserve.errors import AddressInUseError, ConfigurationError, UnixSocketPathExistsError
@@ -297,13 +297,13 @@ def test_file_is_never_wider_than_the_mode(
     """
     path = unix_dir / "narrow.sock"
     seen_at_chmod: list[int] = []
-    apply = sockserve.servers.apply_unix_socket_mode
+    apply = sockserve.servers.stream.apply_unix_socket_mode
 
     def look_then_apply(created: Any, mode: int | None) -> None:
         seen_at_chmod.append(stat.S_IMODE(os.stat(path).st_mode))
         apply(created, mode)
 
-    monkeypatch.setattr(sockserve.servers, "apply_unix_socket_mode", look_then_apply)
+    monkeypatch.setattr(sockserve.servers.stream, "apply_unix_socket_mode", look_then_apply)
     server_class = getattr(sockserve, server_class_name)
     mode_class = type("ModeServer", (server_class,), {"unix_socket_mode": 0o600})
     server = mode_class(str(path), HANDLERS[server_class_name])

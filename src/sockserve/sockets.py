@@ -1,6 +1,6 @@
 """A server's own socket, below the stdlib hooks: open it, read datagrams, clean up after.
 
-``servers.py`` decides *when* each of these happens (the stdlib's hook order); this module
+``servers/`` decides *when* each of these happens (the stdlib's hook order); this module
 knows *how* the socket module and the kernel do it, so a platform quirk is fixed here
 without touching the server classes. Binding and listening, with their errors, are
 ``listeners.py``'s; this module covers the rest of the socket's life:
