@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from sockserve.testing import half_close, send_in_pieces
+from sockserve.testing.client_connection import stream_target
 from test_contract import ALL_KINDS, Kind
 
 from .protocol import answer, handler_for, request_line
@@ -156,6 +157,19 @@ def payload(rng: random.Random) -> bytes:
     """A random printable payload of 1-200 bytes (no space at the start, no newline)."""
     size = rng.randint(1, 200)
     return bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz0123456789-_") for _ in range(size))
+
+
+def connect_stream(address: Any) -> socket.socket:
+    """A connected stream socket (TCP or Unix, by the address) with the client timeout."""
+    family, target = stream_target(address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(CLIENT_TIMEOUT)
+    try:
+        sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def stream_client(

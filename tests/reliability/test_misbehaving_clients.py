@@ -3,7 +3,9 @@
 Normal clients (the integrity client: pipelined, in pieces, some truncated) and
 half-closing clients must see 100% success while others reset the connection mid-request
 (``sockserve.testing.reset_mid_request``) and mid-reply (``reset_mid_reply``, on a
-4 MiB reply, so the server is still writing when the reset comes). The server must
+4 MiB reply, so the server is still writing when the reset comes), and others send a
+whole request and close without reading the reply. While the server still serves, its
+connection descriptors must all be closed again once the clients are done. The server must
 count each reset it sees in ``stats().peer_faults`` (never in ``handler_errors``), log
 it as one line with no traceback (per process: a forked child or worker is its own
 episode), and still give it to a user's own ``handle_error``.
@@ -41,12 +43,14 @@ from .battery import (
     Resources,
     assert_back_to,
     clients_of,
+    connect_stream,
     handler_of,
     loop_kwargs,
     mode_name,
     payload,
     server_log,
     stream_client,
+    wait_until,
 )
 from .protocol import record, request_line
 
@@ -72,6 +76,15 @@ def half_closer(address: Any, client: int, requests: int, ledger: Ledger) -> Non
         line = request_line(client, number, payload(rng))
         outcome = half_close(address, line, timeout=CLIENT_TIMEOUT)
         ledger.check(client, [line], outcome.received)
+
+
+def leaver(address: Any, client: int, count: int) -> int:
+    """Sends a whole request and closes at once, never reading the reply: the server's
+    reply then meets a closed socket (and the client's kernel answers it with RST)."""
+    for number in range(count):
+        with connect_stream(address) as sock:
+            sock.sendall(request_line(client, number, b"and goodbye"))
+    return count
 
 
 def resetter(address: Any, client: int, count: int, mid_reply: bool) -> int:
@@ -105,6 +118,9 @@ def test_resets_and_half_closes_beside_normal_clients(
     )
     with server_log(log_path), serve_in_thread(server), clients_of(server):
         address = server.server_address
+        stream_client(address, 999, 1, ledger, seed=999)  # the loop's own descriptors open
+        wait_until(lambda: server.stats().active == 0, CLIENT_TIMEOUT, "the first to end")
+        idle = Resources.now()
         work: list[Callable[[], object]] = []
         for client in range(normal):
             work.append(partial(stream_client, address, client, requests, ledger, seed=client))
@@ -112,7 +128,16 @@ def test_resets_and_half_closes_beside_normal_clients(
         for client in range(2):
             work.append(partial(resetter, address, 200 + client, resets, mid_reply=False))
             work.append(partial(resetter, address, 300 + client, resets, mid_reply=True))
+            work.append(partial(leaver, address, 400 + client, resets))
         run_concurrently(work, timeout=60)
+        # While still serving: every connection's descriptor is closed again (this
+        # process's: the server's, and in forking mode the parent's copies).
+        wait_until(lambda: server.stats().active == 0, CLIENT_TIMEOUT, "requests to end")
+        serving = Resources.now().settle_to(idle)
+        assert serving.descriptors == idle.descriptors, (
+            f"{mode}: {serving.descriptors - idle.descriptors} connection descriptors "
+            "still open after every client was done"
+        )
     elapsed = time.monotonic() - started
     after = assert_back_to(before, mode)
     ledger.assert_nothing_lost()
@@ -144,7 +169,8 @@ def test_resets_and_half_closes_beside_normal_clients(
     )
     figure(
         f"{ledger.correct}/{ledger.expected} normal replies correct; peer faults "
-        f"{stats.peer_faults} for {4 * resets} resets (all seen by handle_error), "
+        f"{stats.peer_faults} for {4 * resets} resets and {2 * resets} leavers "
+        "(all seen by handle_error), "
         f"handler_errors 0; {len(firsts)} log line(s), no traceback ({elapsed:.2f} s); "
         f"leaks: none ({after.describe()})"
     )
