@@ -212,18 +212,22 @@ def datagram_client(
 ) -> None:
     """``requests`` datagrams, each answered before the next is sent (no retries)."""
     rng = random.Random(seed)
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(CLIENT_TIMEOUT)
-        sock.bind(bind_to)
-        for number in range(requests):
-            line = request_line(client, number, payload(rng))
-            sock.sendto(line, address)
-            try:
-                reply = sock.recv(65536)
-            except TimeoutError:
-                ledger.lose(client, f"{client}.{number}", answer(line), "no reply in time")
-                continue
-            ledger.check(client, [line], reply)
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(CLIENT_TIMEOUT)
+            sock.bind(bind_to)
+            for number in range(requests):
+                line = request_line(client, number, payload(rng))
+                sock.sendto(line, address)
+                try:
+                    reply = sock.recv(65536)
+                except TimeoutError:
+                    ledger.lose(client, f"{client}.{number}", answer(line), "no reply in time")
+                    continue
+                ledger.check(client, [line], reply)
+    finally:
+        if isinstance(bind_to, str) and os.path.exists(bind_to):
+            os.unlink(bind_to)  # the Unix client's socket file: free for the next round
 
 
 def datagram_bind_address(kind: Kind, short_dir: Path, name: str) -> Any:
