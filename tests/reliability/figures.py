@@ -1,6 +1,6 @@
 """Each case's figure, for the report: one JSON line per (case, mode) when asked.
 
-``tools/reliability_report.py`` sets ``SOCKSERVE_RELIABILITY_FIGURES`` to a file and runs
+``tools/reliability_report.py`` sets ``BATTERY_FIGURES_FILE`` to a file and runs
 the battery; every case calls the ``figure`` fixture with its figure, which lands there
 (and in the test's ``user_properties``, so ``--junitxml`` carries it too).
 """
@@ -11,7 +11,7 @@ import json
 import os
 
 #: The environment variable naming the file figures are appended to.
-FIGURES_ENV = "SOCKSERVE_RELIABILITY_FIGURES"
+FIGURES_ENV = "BATTERY_FIGURES_FILE"
 
 
 def record_figure(case: str, mode: str, text: str) -> None:
