@@ -242,7 +242,9 @@ class DatagramRequestHandler(BaseRequestHandler):
 DATAGRAM_PEER_GONE_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED})
 
 
-def send_datagram_reply(sock: Any, data: bytes, address: Any, *flags: int) -> None:
+def send_datagram_reply(
+    sock: Any, data: bytes | bytearray | memoryview, address: Any, *flags: int
+) -> None:
     """``sock.sendto(data, *flags, address)``; a vanished client raises ConnectionResetError."""
     try:
         sock.sendto(data, *flags, address)
