@@ -7,6 +7,7 @@ when ``setup()`` did. Exceptions propagate to the server, which calls ``handle_e
 
 from __future__ import annotations
 
+import errno
 import io
 import socket
 from typing import Any
@@ -230,7 +231,29 @@ class DatagramRequestHandler(BaseRequestHandler):
         self.wfile = io.BytesIO()
 
     def finish(self) -> None:
-        self.socket.sendto(self.wfile.getvalue(), self.client_address)
+        send_datagram_reply(self.socket, self.wfile.getvalue(), self.client_address)
+
+
+#: What ``sendto()`` raises when a datagram client is gone: its Unix socket file removed
+#: (ENOENT) or its socket closed (ECONNREFUSED). The client's doing, so it becomes a
+#: peer fault ("reset": counted, logged once per episode), not a handler error with a
+#: traceback: the fault battery's Unix datagram flood logged 1,479 tracebacks, one per
+#: reply to a client that had finished and removed its socket file.
+DATAGRAM_PEER_GONE_ERRNOS = frozenset({errno.ENOENT, errno.ECONNREFUSED})
+
+
+def send_datagram_reply(
+    sock: Any, data: bytes | bytearray | memoryview, address: Any, *flags: int
+) -> None:
+    """``sock.sendto(data, *flags, address)``; a vanished client raises ConnectionResetError."""
+    try:
+        sock.sendto(data, *flags, address)
+    except OSError as exc:
+        if exc.errno in DATAGRAM_PEER_GONE_ERRNOS:
+            raise ConnectionResetError(
+                exc.errno, f"datagram client {address!r} is gone: {exc.strerror}"
+            ) from exc
+        raise
 
 
 def _is_tcp(sock: Any) -> bool:

@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any
 
 from ..addresses import format_address
+from ..handlers import send_datagram_reply
 
 log = logging.getLogger("sockserve.aio.datagrams")
 
@@ -57,7 +58,7 @@ class DatagramSender:
         """Send one datagram now, or queue it if the kernel's buffer is full."""
         if not self._queue:
             try:
-                self._sock.sendto(data, _DONTWAIT, address)
+                send_datagram_reply(self._sock, data, address, _DONTWAIT)
                 return
             except BlockingIOError:
                 self._loop.add_writer(self._sock.fileno(), self._flush)

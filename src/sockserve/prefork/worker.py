@@ -287,11 +287,29 @@ class Worker:
         # From the master this is news to nobody; from anyone else (an operator, a
         # service manager) the master learns it should start a replacement.
         self._send(STOPPING)
+        self._report_in_flight()
         self.begin_stop("SIGTERM")
 
     def _on_reopen_logs(self, signum: int, frame: object) -> None:
         # From the master (SIGUSR1 after a log rotation): only raises a flag.
         self.server.reopen_logs()
+
+    def _report_in_flight(self) -> None:
+        """Tell the master how many requests are in flight as the stop begins.
+
+        A synchronous worker whose only thread is stuck in a handler sends nothing more;
+        when the master kills it at the deadline it counts the last reported ``active``
+        as aborted, and that report (at most STATS_INTERVAL_SECONDS old) predated the
+        request: the fault battery's blocked handler was reported ``aborted=0``. This
+        runs in a signal handler, maybe inside ``stats()`` itself, so it takes no lock:
+        the last report, with ``active`` read from the limiter now.
+        """
+        try:
+            last = json.loads(self._stats_sent) if self._stats_sent else {}
+        except ValueError:
+            last = {}
+        last["active"] = self.server._core.limiter.active
+        self._send(STATS + json.dumps(last, separators=(",", ":")).encode() + b"\n")
 
     def begin_stop(self, reason: str) -> None:
         """Stop accepting; safe in a signal handler (it only asks the loop, lock-free).

@@ -331,6 +331,7 @@ class ServingCore:
 
     def tick(self) -> None:
         """Once per loop turn: log the summaries of episodes that have ended."""
+        self.backoff.flush()
         self.refusals.flush()
         self.peer_fault_log.flush()
         self.drops.flush()
