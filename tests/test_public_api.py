@@ -540,6 +540,7 @@ LAYERS: list[tuple[str, ...]] = [
         "aio.loop",
         "aio.watchdog",
         "aio.flow",
+        "aio.parking",
         "aio.streams",
         "aio.writer",
         "aio.inline",

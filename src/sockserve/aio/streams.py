@@ -51,15 +51,21 @@ the transport's write buffer is over its high-water mark.
 from __future__ import annotations
 
 import asyncio
-import types
-from collections.abc import Awaitable, Generator
-from typing import Any, Protocol, cast
+from collections.abc import Awaitable
+from typing import Any, cast
 
 from ..errors import AsyncLineTooLongError, LineTooLongError, ReadTimeoutError
 from ..line_buffer import LineBuffer
 from .flow import WRITE_HIGH_WATER_BYTES, FlowControl
+from .parking import INTO as _INTO
+from .parking import LINE as _LINE
+from .parking import NO_DRIVER, Driver
+from .parking import SOME as _SOME
+from .parking import WAKE as _WAKE
+from .parking import parked_read as _parked_read
 
 __all__ = [
+    "NO_DRIVER",
     "AsyncLineTooLongError",
     "DEFAULT_LINE_LIMIT",
     "RECEIVE_CHUNK_BYTES",
@@ -79,30 +85,9 @@ DEFAULT_LINE_LIMIT = 64 * 1024
 #: add to a connection's buffer beyond ``2 * limit``.
 RECEIVE_CHUNK_BYTES = 64 * 1024
 
-#: What a pending read waits for (``StreamReader._want``): any change (the coroutine
-#: re-checks), a whole line, or up to ``_want_size`` bytes.
-_WAKE, _LINE, _SOME = 0, 1, 2
-
 #: A waiting read's idle timer may fire this early (uvloop rounds timers to
 #: milliseconds): within it, the deadline counts as reached rather than re-armed.
 _TIMER_SLACK_SECONDS = 0.001
-
-
-class Driver(Protocol):
-    """What resumes a handler whose read parked inline: its ``InlineDriver``."""
-
-    def resume_parked(self) -> None:
-        """The parked read is complete (its result is on the reader): resume the handler."""
-
-
-class _NoDriver:
-    """The reader's driver while none is attached: reads never park then."""
-
-    def resume_parked(self) -> None:
-        raise RuntimeError("a read parked inline, but no InlineDriver runs the handler")
-
-
-NO_DRIVER: Driver = _NoDriver()
 
 
 def receive_buffer() -> memoryview:
@@ -112,32 +97,6 @@ def receive_buffer() -> memoryview:
     which copies the bytes out before any other connection reads.
     """
     return memoryview(bytearray(RECEIVE_CHUNK_BYTES))
-
-
-@types.coroutine
-def _parked_read(reader: StreamReader) -> Generator[StreamReader, None, Any]:
-    """A read of the handler's own, waiting while its ``InlineDriver`` runs it.
-
-    It yields the reader itself, which tells the driver to park the connection's task;
-    the protocol callback that completes the read leaves the result (or the error) on
-    the reader and resumes the handler right there. A generator rather than a loop
-    future: creating and completing a future per message cost about 0.2 µs on uvloop
-    (measured), a third of what separated the handler from a bare ``Protocol``. The
-    result is taken from the reader, not from ``send``, so a resumption with
-    ``send(None)``, as a task would do, gets it too.
-    """
-    try:
-        yield reader
-    except BaseException:  # cancelled or closed while waiting: the read gives up
-        reader._give_up_parked_read()
-        raise
-    error = reader._parked_error
-    if error is not None:
-        reader._parked_error = None
-        raise error
-    result = reader._parked_result
-    reader._parked_result = None
-    return result
 
 
 class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
@@ -174,6 +133,10 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         "_receive_view",
         "_lines",
         "_buffer",
+        "_held",
+        "_held_start",
+        "_into",
+        "_filling",
         "_waiter",
         "_want",
         "_want_size",
@@ -200,8 +163,19 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         self._receive_view = receive_view
         #: The unread bytes, the limit and the end of stream (``line_buffer.py``).
         self._lines = LineBuffer(limit, error=AsyncLineTooLongError)
-        #: ``_lines.data`` itself (never replaced), for the per-message emptiness tests.
-        self._buffer = self._lines.data
+        #: True when anything is buffered unread: ``_lines.data`` itself, or the held
+        #: chunk while there is one. The per-message emptiness tests read it (and the
+        #: compiled path takes only an empty bytearray there as "nothing buffered").
+        self._buffer: bytearray | bytes = self._lines.data
+        #: A received chunk handed out in pieces without being copied into
+        #: ``_lines`` (``bulk`` reads): its unread bytes start at ``_held_start``.
+        #: While one is held, ``_lines.data`` is empty.
+        self._held: bytes | None = None
+        self._held_start = 0
+        #: The buffer of a pending ``readinto``; ``_filling``: the one ``get_buffer``
+        #: handed the transport (the stdlib loop reads straight into it).
+        self._into: memoryview | None = None
+        self._filling: memoryview | None = None
         #: The pending read: a loop future (a read from a task), the reader itself (the
         #: handler's own read, parked inline), or None.
         self._waiter: asyncio.Future[Any] | StreamReader | None = None
@@ -214,7 +188,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         #: a read that has to wait then parks inline instead of creating a future.
         self._driving = False
         #: Resumes the handler once its parked read is complete.
-        self._driver = NO_DRIVER
+        self._driver: Driver = NO_DRIVER
         #: What the parked read returns or raises, left here by the callback that
         #: completed it, until the handler takes it (``_parked_read``).
         self._parked_result: Any = None
@@ -241,11 +215,27 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         self.flow.transport = transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        into = self._into
+        if into is not None and not self._buffer:
+            # A readinto() waits and nothing is buffered: the kernel fills its buffer.
+            self._filling = into
+            return into
         return self._receive_view
 
     def buffer_updated(self, nbytes: int) -> None:
         # The stdlib loop's path; the bytes are copied out of the shared buffer here.
-        self.data_received(self._receive_view[:nbytes].tobytes())
+        filled = self._filling
+        if filled is None:
+            self.data_received(self._receive_view[:nbytes].tobytes())
+            return
+        self._filling = None
+        waiter = self._waiter
+        if waiter is self or (
+            waiter is not None and not cast("asyncio.Future[Any]", waiter).done()
+        ):
+            self._complete(waiter, nbytes, None)
+        else:  # the readinto gave up in the meantime: keep the bytes for the next read
+            self.data_received(bytes(filled[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         # The per-message path: a read is waiting and nothing is buffered, so when the
@@ -267,11 +257,20 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
                 if not future.done():  # (done: cancelled; the data is buffered below)
                     future.set_result(data)
                     return
-        buffer = self._buffer
-        buffer += data  # LineBuffer.feed(), written out: this runs for every other chunk
+        if not self._buffer and type(data) is bytes and (waiter is None or self._want != _LINE):
+            # Nothing buffered, and no line wanted now: keep the chunk itself and hand it
+            # out in pieces (one copy per piece; appending it to the bytearray would
+            # copy it twice and grow and shrink the bytearray with every chunk).
+            self._held = self._buffer = data
+            self._held_start = 0
+        else:
+            if self._held is not None:
+                self._spill()
+            buffer = self._buffer
+            buffer += data  # LineBuffer.feed(), written out
         if self._waiter is not None:
             self._serve_waiter()
-        if len(buffer) > self.flow.read_high_water:
+        if self._buffered() > self.flow.read_high_water:
             self.flow.pause_reading()
 
     #: The method above, under the name the compiled fast path calls for every case it
@@ -311,7 +310,12 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         result: Any = None
         if want != _WAKE:
             try:
-                result = self._line_now() if want == _LINE else self._some_now(self._want_size)
+                if want == _LINE:
+                    result = self._line_now()
+                elif want == _SOME:
+                    result = self._some_now(self._want_size)
+                else:
+                    result = self._into_now()
             except BaseException as exc:
                 self._complete(waiter, None, exc)
                 return
@@ -343,7 +347,16 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         if self._waiter is self:
             self._waiter = None
         result, self._parked_result, self._parked_error = self._parked_result, None, None
+        self._put_back(result)
+
+    def _put_back(self, result: Any) -> None:
+        """A read gave up after ``result`` was handed over: unread it, lose nothing.
+        An int is what a ``readinto`` copied into its buffer (still ``_into``)."""
+        if type(result) is int:
+            result = bytes(self._into[:result]) if result and self._into is not None else b""
         if result:
+            if self._held is not None:
+                self._spill()
             self._lines.unread(result)
 
     # -- the reader: called by the handler --------------------------------------------
@@ -421,6 +434,8 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         """
         lines = self._lines
         while True:
+            if self._held is not None:
+                self._spill()
             chunk = lines.read_until(separator)
             if chunk is not None:
                 self.flow.resume_reading_if_below(len(lines))
@@ -435,13 +450,53 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         if n < 0:
             raise ValueError("readexactly size can not be less than zero")
         lines = self._lines
-        while (data := lines.read_exactly(n)) is None:
+        while True:
+            held = self._held
+            if held is not None:
+                if len(held) - self._held_start >= n:
+                    data = self._take_held(n)
+                    break
+                self._spill()
+            if (data := lines.read_exactly(n)) is not None:  # type: ignore[assignment]
+                break
             if lines.eof:
                 self._raise_lost()
                 raise asyncio.IncompleteReadError(self._take(len(lines)), n)
             await self._wait(_WAKE, 0)
-        self.flow.resume_reading_if_below(len(lines))
+        self.flow.resume_reading_if_below(self._buffered())
         return data
+
+    async def readinto(self, buffer: Any) -> int:
+        """Read up to ``len(buffer)`` bytes into ``buffer``, as soon as any are there.
+
+        Returns how many; 0 at the end of the stream (or for an empty buffer). The same
+        errors as ``read``. No bytes object is made: buffered data is copied into
+        ``buffer``, and on the standard library's loop a read that has to wait lets the
+        kernel write into ``buffer`` itself. ``buffer``: anything writable that
+        exposes the buffer protocol with one-byte items (bytearray, memoryview, mmap).
+        """
+        view = memoryview(buffer)
+        if view.readonly:
+            raise TypeError("readinto() needs a writable buffer")
+        if view.itemsize != 1 or not view.c_contiguous:
+            raise TypeError("readinto() needs a contiguous buffer of bytes")
+        view = view.cast("B")
+        if not len(view):
+            return 0
+        self._into = view
+        try:
+            count = self._into_now()
+            if count is not None:
+                return count
+            read = self._wait(_INTO, len(view))
+            try:
+                return await read  # type: ignore[no-any-return]
+            except asyncio.CancelledError:
+                self._keep_if_handed_over(read)
+                raise
+        finally:
+            self._into = None
+            self._filling = None
 
     def __aiter__(self) -> StreamReader:
         return self
@@ -460,6 +515,8 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
 
     def _line_now(self) -> bytes | None:
         """The next line if it is buffered (or the rest, at EOF); None: wait for more."""
+        if self._held is not None:
+            self._spill()
         lines = self._lines
         if not lines.data and lines.eof:
             self._raise_lost()
@@ -471,15 +528,75 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
 
     def _some_now(self, n: int) -> bytes | None:
         """Up to ``n`` buffered bytes (b"" at EOF); None: wait for some."""
-        lines = self._lines
-        if not lines.data and lines.eof:
-            self._raise_lost()
-        data = lines.read(n)
+        if self._held is not None:
+            data: bytes | None = self._take_held(n)
+        else:
+            lines = self._lines
+            if not lines.data and lines.eof:
+                self._raise_lost()
+            data = lines.read(n)
         if self.flow.is_reading_paused:
-            self.flow.resume_reading_if_below(len(lines))
+            self.flow.resume_reading_if_below(self._buffered())
         return data
 
+    def _into_now(self) -> int | None:
+        """Copy what is buffered into ``_into``: how many bytes (0 at EOF); None: wait."""
+        into = cast(memoryview, self._into)
+        held = self._held
+        if held is not None:
+            start = self._held_start
+            count = min(len(into), len(held) - start)
+            with memoryview(held) as view:
+                into[:count] = view[start : start + count]
+            self._advance_held(start + count)
+        elif self._buffer:
+            count = self._lines.read_into(into)
+        elif self._lines.eof:
+            self._raise_lost()
+            return 0
+        else:
+            return None
+        if self.flow.is_reading_paused:
+            self.flow.resume_reading_if_below(self._buffered())
+        return count
+
+    def _take_held(self, n: int) -> bytes:
+        """The next ``n`` bytes of the held chunk (the chunk itself if that is all of it)."""
+        held = cast(bytes, self._held)
+        start = self._held_start
+        end = start + n
+        result = held if start == 0 and end >= len(held) else held[start:end]
+        self._advance_held(end)
+        return result
+
+    def _advance_held(self, end: int) -> None:
+        if end >= len(cast(bytes, self._held)):
+            self._held = None
+            self._buffer = self._lines.data
+        else:
+            self._held_start = end
+
+    def _spill(self) -> None:
+        """Copy the held chunk's unread rest into ``_lines`` (whose bytearray is empty):
+        for every read but the sized ones, and before more data is appended."""
+        held, start = cast(bytes, self._held), self._held_start
+        self._held = None
+        data = self._buffer = self._lines.data
+        if start:
+            with memoryview(held) as view:
+                data += view[start:]
+        else:
+            data += held
+
+    def _buffered(self) -> int:
+        """How many bytes are buffered unread."""
+        held = self._held
+        size = len(self._lines.data)
+        return size if held is None else size + len(held) - self._held_start
+
     def _take(self, size: int) -> bytes:
+        if self._held is not None:
+            self._spill()
         data = self._lines.take(size)
         self.flow.resume_reading_if_below(len(self._lines))
         return data
@@ -532,7 +649,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             and read.exception() is None
             and read.result()
         ):
-            self._lines.unread(read.result())
+            self._put_back(read.result())
 
     def _check_timeout(self) -> None:
         self._timer = None
