@@ -170,7 +170,10 @@ async def close_stream(
             if transport.can_write_eof():
                 # FIN first (after the buffered replies), as the synchronous servers'
                 # shutdown(SHUT_WR) does: the client reads a clean end of stream.
-                transport.write_eof()
+                try:
+                    transport.write_eof()
+                except OSError:  # the peer already reset it (ENOTCONN): close anyway
+                    pass
             if flush_seconds > 0 and not reader.is_eof_received:
                 # The server closes first: let the transport read what the client has
                 # already sent, since closing with unread bytes resets the connection (a

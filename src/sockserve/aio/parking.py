@@ -13,14 +13,21 @@ read waits for.
 
 from __future__ import annotations
 
+import asyncio
 import types
-from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Generator
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from ..errors import ReadTimeoutError
 
 if TYPE_CHECKING:
     from .streams import StreamReader
 
-__all__ = ["NO_DRIVER", "Driver", "parked_read"]
+__all__ = ["NO_DRIVER", "Driver", "check_timeout", "keep_if_handed_over", "parked_read", "wait"]
+
+#: A waiting read's idle timer may fire this early (uvloop rounds timers to
+#: milliseconds): within it, the deadline counts as reached rather than re-armed.
+_TIMER_SLACK_SECONDS = 0.001
 
 #: What a pending read waits for (``StreamReader._want``): any change (the coroutine
 #: re-checks), a whole line, up to ``_want_size`` bytes, or bytes to copy into the
@@ -65,3 +72,65 @@ def parked_read(reader: StreamReader) -> Generator[StreamReader, None, Any]:
     result = reader._parked_result
     reader._parked_result = None
     return result
+
+
+def wait(reader: StreamReader, want: int, size: int) -> Awaitable[Any]:
+    """An awaitable the protocol completes with what ``want`` asks for (or an error).
+
+    The handler's own read (``_driving``) parks inline; a read from any other task
+    gets a loop future.
+    """
+    waiter = reader._waiter
+    if waiter is not None and (waiter is reader or not cast("asyncio.Future[Any]", waiter).done()):
+        raise RuntimeError("another coroutine is already waiting for data on this reader")
+    if reader.flow.is_reading_paused:
+        reader.flow.resume_reading()  # the caller needs more than is buffered
+    reader._want = want
+    reader._want_size = size
+    if reader.timeout is not None:
+        # One timer per connection, checked lazily, instead of a TimerHandle created
+        # and cancelled per message: a read costs one clock reading.
+        reader._wait_started = reader._loop.time()
+        if reader._timer is None:
+            reader._timer = reader._loop.call_at(
+                reader._wait_started + reader.timeout, reader._check_timeout
+            )
+    if reader._driving:
+        reader._waiter = reader
+        return parked_read(reader)
+    future = reader._waiter = reader._create_future()
+    return future
+
+
+def keep_if_handed_over(reader: StreamReader, read: Awaitable[Any]) -> None:
+    """The read's task was cancelled after its data was handed over (a timeout firing
+    in that same instant): put the data back in front of the buffer, lose nothing.
+    (A parked read does this itself, in ``_parked_read``.)
+
+    Written out in each read rather than wrapped in a helper coroutine: that would
+    be one more coroutine per message on the ping-pong path."""
+    if (
+        isinstance(read, asyncio.Future)
+        and read.done()
+        and not read.cancelled()
+        and read.exception() is None
+        and read.result()
+    ):
+        reader._put_back(read.result())
+
+
+def check_timeout(reader: StreamReader) -> None:
+    reader._timer = None
+    waiter = reader._waiter
+    timeout = reader.timeout
+    if (
+        waiter is None
+        or timeout is None
+        or (waiter is not reader and cast("asyncio.Future[Any]", waiter).done())
+    ):
+        return  # nobody waits: the next wait arms the timer again
+    deadline = reader._wait_started + timeout
+    if reader._loop.time() + _TIMER_SLACK_SECONDS >= deadline:
+        reader._complete(waiter, None, ReadTimeoutError(f"no data for {timeout} s"))
+    else:  # the read that timer was for got its data; this one started later
+        reader._timer = reader._loop.call_at(deadline, reader._check_timeout)

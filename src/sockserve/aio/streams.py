@@ -51,13 +51,12 @@ the transport's write buffer is over its high-water mark.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
 from typing import Any, cast
 
 from ..errors import AsyncLineTooLongError, LineTooLongError, ReadTimeoutError
 from ..line_buffer import LineBuffer
+from . import bulk_reads, parking
 from .flow import WRITE_HIGH_WATER_BYTES, FlowControl
-from .parking import INTO as _INTO
 from .parking import LINE as _LINE
 from .parking import NO_DRIVER, Driver
 from .parking import SOME as _SOME
@@ -84,10 +83,6 @@ DEFAULT_LINE_LIMIT = 64 * 1024
 #: of a server, so its size costs nothing per connection; it bounds how much one read can
 #: add to a connection's buffer beyond ``2 * limit``.
 RECEIVE_CHUNK_BYTES = 64 * 1024
-
-#: A waiting read's idle timer may fire this early (uvloop rounds timers to
-#: milliseconds): within it, the deadline counts as reached rather than re-armed.
-_TIMER_SLACK_SECONDS = 0.001
 
 
 def receive_buffer() -> memoryview:
@@ -349,16 +344,6 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         result, self._parked_result, self._parked_error = self._parked_result, None, None
         self._put_back(result)
 
-    def _put_back(self, result: Any) -> None:
-        """A read gave up after ``result`` was handed over: unread it, lose nothing.
-        An int is what a ``readinto`` copied into its buffer (still ``_into``)."""
-        if type(result) is int:
-            result = bytes(self._into[:result]) if result and self._into is not None else b""
-        if result:
-            if self._held is not None:
-                self._spill()
-            self._lines.unread(result)
-
     # -- the reader: called by the handler --------------------------------------------
 
     def exception(self) -> BaseException | None:
@@ -426,77 +411,19 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
     #: As ``_readline_slowly``, for ``read``.
     _read_slowly = read
 
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
-        """Data up to and including ``separator``.
+    readuntil = bulk_reads.readuntil
+    readexactly = bulk_reads.readexactly
+    readinto = bulk_reads.readinto
+    _into_now = bulk_reads.into_now
+    _take_held = bulk_reads.take_held
+    _advance_held = bulk_reads.advance_held
+    _spill = bulk_reads.spill
+    _buffered = bulk_reads.buffered
+    _put_back = bulk_reads.put_back
 
-        At EOF first: ``asyncio.IncompleteReadError`` with the partial data. Separator
-        beyond ``limit``: ``LineTooLongError``, the data left in the buffer.
-        """
-        lines = self._lines
-        while True:
-            if self._held is not None:
-                self._spill()
-            chunk = lines.read_until(separator)
-            if chunk is not None:
-                self.flow.resume_reading_if_below(len(lines))
-                return chunk
-            if lines.eof:
-                self._raise_lost()
-                raise asyncio.IncompleteReadError(self._take(len(lines)), None)
-            await self._wait(_WAKE, 0)
-
-    async def readexactly(self, n: int) -> bytes:
-        """Exactly ``n`` bytes; ``asyncio.IncompleteReadError`` if EOF comes first."""
-        if n < 0:
-            raise ValueError("readexactly size can not be less than zero")
-        lines = self._lines
-        while True:
-            held = self._held
-            if held is not None:
-                if len(held) - self._held_start >= n:
-                    data = self._take_held(n)
-                    break
-                self._spill()
-            if (data := lines.read_exactly(n)) is not None:  # type: ignore[assignment]
-                break
-            if lines.eof:
-                self._raise_lost()
-                raise asyncio.IncompleteReadError(self._take(len(lines)), n)
-            await self._wait(_WAKE, 0)
-        self.flow.resume_reading_if_below(self._buffered())
-        return data
-
-    async def readinto(self, buffer: Any) -> int:
-        """Read up to ``len(buffer)`` bytes into ``buffer``, as soon as any are there.
-
-        Returns how many; 0 at the end of the stream (or for an empty buffer). The same
-        errors as ``read``. No bytes object is made: buffered data is copied into
-        ``buffer``, and on the standard library's loop a read that has to wait lets the
-        kernel write into ``buffer`` itself. ``buffer``: anything writable that
-        exposes the buffer protocol with one-byte items (bytearray, memoryview, mmap).
-        """
-        view = memoryview(buffer)
-        if view.readonly:
-            raise TypeError("readinto() needs a writable buffer")
-        if view.itemsize != 1 or not view.c_contiguous:
-            raise TypeError("readinto() needs a contiguous buffer of bytes")
-        view = view.cast("B")
-        if not len(view):
-            return 0
-        self._into = view
-        try:
-            count = self._into_now()
-            if count is not None:
-                return count
-            read = self._wait(_INTO, len(view))
-            try:
-                return await read  # type: ignore[no-any-return]
-            except asyncio.CancelledError:
-                self._keep_if_handed_over(read)
-                raise
-        finally:
-            self._into = None
-            self._filling = None
+    _wait = parking.wait
+    _keep_if_handed_over = parking.keep_if_handed_over
+    _check_timeout = parking.check_timeout
 
     def __aiter__(self) -> StreamReader:
         return self
@@ -539,61 +466,6 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
             self.flow.resume_reading_if_below(self._buffered())
         return data
 
-    def _into_now(self) -> int | None:
-        """Copy what is buffered into ``_into``: how many bytes (0 at EOF); None: wait."""
-        into = cast(memoryview, self._into)
-        held = self._held
-        if held is not None:
-            start = self._held_start
-            count = min(len(into), len(held) - start)
-            with memoryview(held) as view:
-                into[:count] = view[start : start + count]
-            self._advance_held(start + count)
-        elif self._buffer:
-            count = self._lines.read_into(into)
-        elif self._lines.eof:
-            self._raise_lost()
-            return 0
-        else:
-            return None
-        if self.flow.is_reading_paused:
-            self.flow.resume_reading_if_below(self._buffered())
-        return count
-
-    def _take_held(self, n: int) -> bytes:
-        """The next ``n`` bytes of the held chunk (the chunk itself if that is all of it)."""
-        held = cast(bytes, self._held)
-        start = self._held_start
-        end = start + n
-        result = held if start == 0 and end >= len(held) else held[start:end]
-        self._advance_held(end)
-        return result
-
-    def _advance_held(self, end: int) -> None:
-        if end >= len(cast(bytes, self._held)):
-            self._held = None
-            self._buffer = self._lines.data
-        else:
-            self._held_start = end
-
-    def _spill(self) -> None:
-        """Copy the held chunk's unread rest into ``_lines`` (whose bytearray is empty):
-        for every read but the sized ones, and before more data is appended."""
-        held, start = cast(bytes, self._held), self._held_start
-        self._held = None
-        data = self._buffer = self._lines.data
-        if start:
-            with memoryview(held) as view:
-                data += view[start:]
-        else:
-            data += held
-
-    def _buffered(self) -> int:
-        """How many bytes are buffered unread."""
-        held = self._held
-        size = len(self._lines.data)
-        return size if held is None else size + len(held) - self._held_start
-
     def _take(self, size: int) -> bytes:
         if self._held is not None:
             self._spill()
@@ -605,64 +477,3 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         """At the end of the stream with nothing buffered: raise why it was lost, if so."""
         if self.flow.exception is not None:
             raise self.flow.exception
-
-    def _wait(self, want: int, size: int) -> Awaitable[Any]:
-        """An awaitable the protocol completes with what ``want`` asks for (or an error).
-
-        The handler's own read (``_driving``) parks inline; a read from any other task
-        gets a loop future.
-        """
-        waiter = self._waiter
-        if waiter is not None and (
-            waiter is self or not cast("asyncio.Future[Any]", waiter).done()
-        ):
-            raise RuntimeError("another coroutine is already waiting for data on this reader")
-        if self.flow.is_reading_paused:
-            self.flow.resume_reading()  # the caller needs more than is buffered
-        self._want = want
-        self._want_size = size
-        if self.timeout is not None:
-            # One timer per connection, checked lazily, instead of a TimerHandle created
-            # and cancelled per message: a read costs one clock reading.
-            self._wait_started = self._loop.time()
-            if self._timer is None:
-                self._timer = self._loop.call_at(
-                    self._wait_started + self.timeout, self._check_timeout
-                )
-        if self._driving:
-            self._waiter = self
-            return _parked_read(self)
-        future = self._waiter = self._create_future()
-        return future
-
-    def _keep_if_handed_over(self, read: Awaitable[Any]) -> None:
-        """The read's task was cancelled after its data was handed over (a timeout firing
-        in that same instant): put the data back in front of the buffer, lose nothing.
-        (A parked read does this itself, in ``_parked_read``.)
-
-        Written out in each read rather than wrapped in a helper coroutine: that would
-        be one more coroutine per message on the ping-pong path."""
-        if (
-            isinstance(read, asyncio.Future)
-            and read.done()
-            and not read.cancelled()
-            and read.exception() is None
-            and read.result()
-        ):
-            self._put_back(read.result())
-
-    def _check_timeout(self) -> None:
-        self._timer = None
-        waiter = self._waiter
-        timeout = self.timeout
-        if (
-            waiter is None
-            or timeout is None
-            or (waiter is not self and cast("asyncio.Future[Any]", waiter).done())
-        ):
-            return  # nobody waits: the next wait arms the timer again
-        deadline = self._wait_started + timeout
-        if self._loop.time() + _TIMER_SLACK_SECONDS >= deadline:
-            self._complete(waiter, None, ReadTimeoutError(f"no data for {timeout} s"))
-        else:  # the read that timer was for got its data; this one started later
-            self._timer = self._loop.call_at(deadline, self._check_timeout)
