@@ -109,16 +109,16 @@ async def _send_file_natively(
     await wait_flushed(transport, flow)
     loop = asyncio.get_running_loop()
     sent = 0
-    watched_fd = -1
+    writability: _Writability | None = None
     try:
         while count is None or sent < count:
             size = _NATIVE_CALL_BYTES if count is None else min(count - sent, _NATIVE_CALL_BYTES)
             try:
                 step = os.sendfile(out_fd, in_fd, offset + sent, size)
             except BlockingIOError:
-                if watched_fd < 0:
-                    watched_fd = os.dup(out_fd)
-                await _writable(loop, watched_fd, flow)
+                if writability is None:
+                    writability = _Writability(loop, out_fd, flow)
+                await writability.wait()
                 continue
             except OSError as exc:
                 if sent == 0 and exc.errno in _NOT_SUPPORTED:
@@ -131,8 +131,8 @@ async def _send_file_natively(
                 break  # the end of the file
             sent += step
     finally:
-        if watched_fd >= 0:
-            os.close(watched_fd)
+        if writability is not None:
+            writability.close()
         file.seek(offset + sent)
     return sent
 
@@ -188,24 +188,39 @@ async def wait_flushed(transport: asyncio.WriteTransport, flow: FlowControl) -> 
             transport.set_write_buffer_limits(high=high, low=low)
 
 
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int, flow: FlowControl) -> None:
-    """Wait until ``fd`` is writable or the connection is lost (then raise)."""
-    ready: asyncio.Future[None] = loop.create_future()
+class _Writability:
+    """Wakes a sender when a duplicate of the socket's descriptor is writable, or when
+    the connection is lost. Registered once per ``sendfile`` (at its first full socket),
+    not per wait: a 64 MiB file fills the socket hundreds of times."""
 
-    def on_writable() -> None:
-        if not ready.done():
-            ready.set_result(None)
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, flow: FlowControl) -> None:
+        self._loop = loop
+        self._flow = flow
+        self._fd = os.dup(fd)  # the loop refuses a writer on the transport's own descriptor
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost = flow.closed()
+        loop.add_writer(self._fd, self._wake)
+        self._lost.add_done_callback(self._wake)
 
-    loop.add_writer(fd, on_writable)
-    lost = flow.closed()
-    try:
-        await asyncio.wait((ready, lost), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        loop.remove_writer(fd)
-        if not ready.done():
-            ready.cancel()
-    if flow.is_connection_lost:
-        raise flow.exception or ConnectionResetError("Connection lost")
+    def _wake(self, _: object = None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until the socket is writable; raises if the connection is lost meanwhile."""
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+        if self._flow.is_connection_lost:
+            raise self._flow.exception or ConnectionResetError("Connection lost")
+
+    def close(self) -> None:
+        self._lost.remove_done_callback(self._wake)
+        self._loop.remove_writer(self._fd)
+        os.close(self._fd)
 
 
 def _raise_if_lost(transport: Any, flow: FlowControl) -> None:

@@ -24,9 +24,11 @@ driver's ``resume_parked``).
   lives in one small object (``flow.py``), ``reader.flow``.
 * Buffering and line splitting are the sans-IO ``LineBuffer``'s (``line_buffer.py``,
   shared with the synchronous handlers' line limit). The per-message path does not call
-  it: a chunk that is exactly what the waiting read wants never enters the buffer, and
-  ``data_received`` appends the others to the buffer's bytearray itself (what
-  ``LineBuffer.feed`` does, without the call).
+  it: a chunk that is exactly what the waiting read wants never enters the buffer; a
+  chunk that arrives to an empty buffer while no line is wanted is *held* as it is and
+  handed out in pieces (``bulk_reads.py``: no copy into the bytearray, which grew and
+  shrank by 256 KiB per uvloop read); ``data_received`` appends the others to the
+  buffer's bytearray itself (what ``LineBuffer.feed`` does, without the call).
 * The idle ``timeout`` is one timer per connection, checked lazily against the time the
   current wait started, not a ``TimerHandle`` created and cancelled per message.
 
