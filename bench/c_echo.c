@@ -22,8 +22,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define BUF_BYTES (256 * 1024) /* as asyncio and uvloop read: fewer syscalls per MB */
@@ -43,9 +47,13 @@ struct conn {
     size_t pending_len;
     size_t pending_off;
     unsigned match;    /* --http: how much of "\r\n\r\n" the stream ended with */
+    int sending;       /* --download: the file is on its way */
+    off_t sent;        /* --download: how much of it */
 };
 
 static int http_mode;
+static int download_fd = -1; /* --download PATH: every connection gets this file, then EOF */
+static off_t download_bytes;
 static int epfd;
 static char buf[BUF_BYTES];
 
@@ -120,6 +128,19 @@ static int send_or_keep(struct conn *c, const char *data, size_t len) {
     return len > 0 ? queue_bytes(c, data, len) : 0;
 }
 
+/* --download: sendfile() until the socket is full (then wait for EPOLLOUT) or all is sent. */
+static void send_download(struct conn *c) {
+    while (c->sent < download_bytes) {
+        ssize_t n = sendfile(c->fd, download_fd, &c->sent, (size_t)(download_bytes - c->sent));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) { set_interest(c, EPOLLOUT); return; }
+            break;
+        }
+    }
+    close_conn(c);
+}
+
 static void on_readable(struct conn *c) {
     for (;;) {
         ssize_t n = recv(c->fd, buf, sizeof buf, 0);
@@ -131,6 +152,10 @@ static void on_readable(struct conn *c) {
             return;
         }
         int failed = 0;
+        if (download_fd >= 0) { /* the request's content does not matter */
+            if (!c->sending) { c->sending = 1; send_download(c); }
+            return;
+        }
         if (http_mode) {
             size_t requests = count_requests(c, buf, (size_t)n);
             for (size_t i = 0; i < requests && !failed; i++)
@@ -145,6 +170,7 @@ static void on_readable(struct conn *c) {
 }
 
 static void on_writable(struct conn *c) {
+    if (c->sending) { send_download(c); return; }
     int state = flush_pending(c);
     if (state < 0) close_conn(c);
     else if (state == 0) set_interest(c, EPOLLIN);
@@ -174,7 +200,17 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--host") && i + 1 < argc) host = argv[++i];
         else if (!strcmp(argv[i], "--port") && i + 1 < argc) port = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--http")) http_mode = 1;
-        else { fprintf(stderr, "usage: %s [--host H] [--port P] [--http]\n", argv[0]); return 2; }
+        else if (!strcmp(argv[i], "--download") && i + 1 < argc) {
+            download_fd = open(argv[++i], O_RDONLY | O_CLOEXEC);
+            struct stat st;
+            if (download_fd < 0 || fstat(download_fd, &st) < 0) die("--download");
+            download_bytes = st.st_size;
+            signal(SIGPIPE, SIG_IGN); /* sendfile() has no MSG_NOSIGNAL; a client may leave */
+        }
+        else {
+            fprintf(stderr, "usage: %s [--host H] [--port P] [--http | --download PATH]\n", argv[0]);
+            return 2;
+        }
     }
     /* The idle workload holds ~10,000 connections: take the hard limit. */
     struct rlimit rl;

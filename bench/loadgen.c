@@ -13,6 +13,8 @@
  *             connections that only sit there (the "idle" workload).
  *   churn     C slots; each connects, sends M bytes, reads M back, closes, repeats.
  *   bulk      C connections stream 64 KiB writes and count the bytes echoed back.
+ *   download  C slots; each connects, sends M bytes (a request), reads what the server
+ *             sends until it closes (a file, by sendfile), counts it, closes, repeats.
  *
  * Protocol with the harness (bench/loadgen.py), on stdout, one line each:
  *   "MARK start"  warm-up over, counters reset (the harness samples server CPU now)
@@ -57,7 +59,7 @@
 #define IDLE_CONNECTS_IN_FLIGHT 4
 #define MAX_LATENCY_SAMPLES (50u * 1000 * 1000)
 
-enum mode { PINGPONG, CHURN, BULK };
+enum mode { PINGPONG, CHURN, BULK, DOWNLOAD };
 enum state {
     FREE, CONNECTING, SENDING, RECEIVING, STREAMING,
     IDLE_CONNECTING, IDLE_GREETING, IDLE_OPEN /* an idle connection's life */
@@ -221,7 +223,7 @@ static int complete(struct conn *c) {
         c->done++;
         record_latency(t - c->started_ns);
     }
-    if (opt.mode == CHURN) {
+    if (opt.mode == CHURN || opt.mode == DOWNLOAD) {
         drop(c);
         open_conn(c, CONNECTING); /* if it fails at once, the main loop retries the slot */
         return 0;
@@ -229,7 +231,22 @@ static int complete(struct conn *c) {
     return begin_request(c);
 }
 
+/* download: discard the reply as it arrives (MSG_TRUNC: no copy) until the server closes. */
+static int receive_download(struct conn *c) {
+    for (;;) {
+        ssize_t n = recv(c->fd, scratch, sizeof scratch, MSG_TRUNC);
+        if (n == 0) return complete(c);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            return -1;
+        }
+        if (phase == MEASURE) bytes_echoed += (uint64_t)n;
+    }
+}
+
 static int receive_message(struct conn *c) {
+    if (opt.mode == DOWNLOAD) return receive_download(c);
     while (c->off < opt.size) {
         size_t want = opt.size - c->off;
         ssize_t n = recv(c->fd, scratch, want < sizeof scratch ? want : sizeof scratch, 0);
@@ -383,7 +400,7 @@ static void print_number(const char *key, double value, const char *sep) {
 
 static void usage(const char *argv0) {
     fprintf(stderr,
-            "usage: %s --port P [--host H] [--mode pingpong|churn|bulk] [--conns C] [--size M]\n"
+            "usage: %s --port P [--host H] [--mode pingpong|churn|bulk|download] [--conns C] [--size M]\n"
             "          [--idle N] [--sources N] [--warmup S] [--duration S] [--connect-timeout S]\n"
             "          [--tail-timeout S]\n",
             argv0);
@@ -409,6 +426,7 @@ static void parse_args(int argc, char **argv) {
             if (!strcmp(v, "pingpong")) opt.mode = PINGPONG;
             else if (!strcmp(v, "churn")) opt.mode = CHURN;
             else if (!strcmp(v, "bulk")) opt.mode = BULK;
+            else if (!strcmp(v, "download")) opt.mode = DOWNLOAD;
             else usage(argv[0]);
         } else usage(argv[0]);
     }
@@ -497,9 +515,10 @@ int main(int argc, char **argv) {
         } else if (phase == TAIL && t >= tail_deadline) {
             acknowledged = 1;
         }
-        /* Churn slots whose reconnect failed at once: retry, and wait briefly if any did. */
+        /* Churn (and download) slots whose reconnect failed at once: retry, and wait
+         * briefly if any did. */
         int retrying = 0;
-        if (opt.mode == CHURN)
+        if (opt.mode == CHURN || opt.mode == DOWNLOAD)
             for (int i = 0; i < opt.conns; i++)
                 if (active[i].state == FREE) retrying |= open_conn(&active[i], CONNECTING) < 0;
         uint64_t next = phase == CONNECT  ? connect_deadline

@@ -195,6 +195,12 @@ def launch_http(spec: ServerSpec, host: str) -> None:
     serve_socketserver_class(http.server.ThreadingHTTPServer, HelloHandler, host)
 
 
+def launch_download(spec: ServerSpec, host: str) -> None:
+    from .sendfile_peers import launch_download as launch
+
+    launch(spec, host)
+
+
 LAUNCHERS: dict[str, Callable[[ServerSpec, str], None]] = {
     "socketserver": launch_stdlib,
     "sockserve": launch_sockserve,
@@ -203,6 +209,7 @@ LAUNCHERS: dict[str, Callable[[ServerSpec, str], None]] = {
     "asyncio_protocol": launch_asyncio,
     "gevent_stream": launch_gevent,
     "http": launch_http,
+    "download": launch_download,
 }
 
 

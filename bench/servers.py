@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .build import BuildError, compile_c
+from .build import BuildError, cache_dir, compile_c
 from .procstat import TreeSample, sample_session
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +39,30 @@ READY_TIMEOUT_S = 20.0
 STOP_GRACE_S = 2.0
 
 #: The figures' reference points: every result is also given as a ratio to these.
-BASELINE = {"echo": "stdlib.ThreadingTCPServer", "http": "http.stdlib"}
-CEILING = {"echo": "c.epoll", "http": "http.c"}
+BASELINE = {
+    "echo": "stdlib.ThreadingTCPServer",
+    "http": "http.stdlib",
+    "download": "sendfile.stdlib.ThreadingTCPServer",
+}
+CEILING = {"echo": "c.epoll", "http": "http.c", "download": "sendfile.c"}
+
+#: The file the ``sendfile`` workload's servers send to every client.
+DOWNLOAD_BYTES = 64 * 1024 * 1024
+#: In a server's ``options["args"]``: replaced by ``download_file()``'s path.
+DOWNLOAD_FILE_ARG = "{download_file}"
+
+
+def download_file() -> str:
+    """The path of a ``DOWNLOAD_BYTES`` file in the bench cache, made on first use."""
+    path = cache_dir() / f"download-{DOWNLOAD_BYTES >> 20}MiB.bin"
+    if not path.exists() or path.stat().st_size != DOWNLOAD_BYTES:
+        block = bytes(range(256)) * 4096  # 1 MiB
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(partial, "wb") as file:
+            for _ in range(DOWNLOAD_BYTES // len(block)):
+                file.write(block)
+        os.replace(partial, path)  # atomic: a concurrent reader sees all of it or none
+    return str(path)
 
 
 @dataclass(frozen=True)
@@ -176,6 +198,66 @@ def _scaling_specs() -> list[ServerSpec]:
     return specs
 
 
+def _download_specs() -> list[ServerSpec]:
+    """The servers of the ``sendfile`` workload (``bench/sendfile_peers.py``)."""
+    async_server = ("sockserve", "AsyncTCPServer")
+    return [
+        ServerSpec(
+            "sendfile.stdlib.ThreadingTCPServer",
+            "stdlib",
+            "download",
+            protocol="download",
+            target="socketserver",
+            note="socket.sendfile",
+        ),
+        ServerSpec(
+            "sendfile.asyncio.protocol",
+            "asyncio",
+            "download",
+            protocol="download",
+            target="asyncio",
+            note="loop.sendfile",
+        ),
+        ServerSpec(
+            "sendfile.uvloop.protocol",
+            "uvloop",
+            "download",
+            protocol="download",
+            target="uvloop",
+            requires=("uvloop",),
+            note="os.sendfile by hand (uvloop has no loop.sendfile)",
+        ),
+        ServerSpec(
+            "sendfile.sockserve.AsyncTCPServer",
+            "sockserve",
+            "download",
+            protocol="download",
+            target="sockserve",
+            note="writer.sendfile",
+            needs_class=async_server,
+        ),
+        ServerSpec(
+            "sendfile.sockserve.AsyncTCPServer(asyncio loop)",
+            "sockserve",
+            "download",
+            protocol="download",
+            target="sockserve",
+            options={"kwargs": {"event_loop": "asyncio"}},
+            note="writer.sendfile",
+            needs_class=async_server,
+        ),
+        ServerSpec(
+            "sendfile.c",
+            "c",
+            "c",
+            protocol="download",
+            target="c_echo.c",
+            options={"args": ["--download", DOWNLOAD_FILE_ARG]},
+            note="epoll and sendfile(2): the practical ceiling",
+        ),
+    ]
+
+
 #: Threads in the "many threads on one serve_forever" recipe: a fixed pool in disguise.
 RECIPE_THREADS = 32
 
@@ -217,6 +299,8 @@ SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec(
         "http.c", "c", "c", protocol="http", target="c_echo.c", options={"args": ["--http"]}
     ),
+    # sendfile: one 64 MiB file to every client, each library's way to the kernel.
+    *_download_specs(),
 )
 
 SERVERS_BY_NAME = {spec.name: spec for spec in SERVERS}
@@ -291,7 +375,11 @@ class ServerProcess:
         # Closed in close(): it outlives __init__, so no with-block can own it.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         if spec.launcher == "c":
-            argv = [str(compile_c(spec.target)), "--host", host, *spec.options.get("args", [])]
+            args = [
+                download_file() if arg == DOWNLOAD_FILE_ARG else arg
+                for arg in spec.options.get("args", [])
+            ]
+            argv = [str(compile_c(spec.target)), "--host", host, *args]
         else:
             argv = [sys.executable, "-m", "bench.peers", spec.name, host]
         # bench/ is a package at the repository root, not installed: put the root first.

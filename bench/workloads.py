@@ -25,6 +25,7 @@ from typing import Any
 from .loadgen import ChildLines, LoadgenArgs, close_process, run_loadgen
 from .procstat import ProcessSample, TreeSample, busy_core_seconds, session_processes
 from .servers import (
+    DOWNLOAD_BYTES,
     REPO_ROOT,
     SCALING_WORKERS,
     ServerError,
@@ -226,6 +227,15 @@ def run_churn(server: ServerProcess, settings: Settings) -> Measurement:
 
 def run_bulk(server: ServerProcess, settings: Settings) -> Measurement:
     args = _loadgen("bulk", settings, conns=settings.bulk_conns)
+    return _measure(server, args, settings, per_mb=True)
+
+
+#: Clients downloading at once in the ``sendfile`` workload.
+SENDFILE_CLIENTS = 4
+
+
+def run_sendfile(server: ServerProcess, settings: Settings) -> Measurement:
+    args = _loadgen("download", settings, conns=SENDFILE_CLIENTS)
     return _measure(server, args, settings, per_mb=True)
 
 
@@ -569,6 +579,17 @@ WORKLOADS: dict[str, Workload] = {
         "MB",
         lambda s: f"{s.bulk_conns} connection streaming 64 KiB writes, counting the echo",
         run_bulk,
+    ),
+    "sendfile": Workload(
+        "sendfile",
+        "download",
+        "MB/s",
+        "MB",
+        lambda s: (
+            f"{SENDFILE_CLIENTS} clients in a loop: connect, ask, receive a "
+            f"{DOWNLOAD_BYTES >> 20} MiB file the server sends with sendfile, close"
+        ),
+        run_sendfile,
     ),
     "idle": Workload(
         "idle",

@@ -491,6 +491,12 @@ class HandshakeStep:
             return self._info
         if self._first_bytes is None:
             self._first_bytes = self._peek_first_bytes()
+            if self._first_bytes is None:
+                # Nothing yet: OpenSSL could only wait too. Peeking again after a
+                # do_handshake() that consumed the ClientHello would see the client's
+                # next record (an encrypted one in TLS 1.3) and judge a refused client
+                # certificate "not TLS" (seen: 1 run in 3).
+                return "read"
         try:
             self._sslsocket.do_handshake()
         except ssl.SSLWantReadError:

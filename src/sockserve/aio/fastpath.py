@@ -30,7 +30,9 @@ from typing import Any
 from ..line_buffer import LineBuffer
 from .flow import FlowControl
 from .inline import _HANDOFF, _RAISED, _RESUME, _RETURNED, INLINE_RESUMPTION, InlineDriver
-from .streams import _LINE, _SOME, StreamReader
+from .parking import LINE as _LINE
+from .parking import SOME as _SOME
+from .streams import StreamReader
 from .writer import StreamWriter
 
 __all__ = ["ACTIVE", "IMPLEMENTATION", "PURE_PYTHON", "Implementation", "compiled", "select"]

@@ -10,7 +10,7 @@ How: the connection's task awaits an ``InlineDriver``, which resumes the handler
 itself (``send``/``throw``) instead of letting the task do it. While it does, the reader
 knows (``StreamReader._driving``) that a read which has to wait comes from the handler's
 own chain, and parks it inline: no loop future, the read yields the reader itself
-(``streams._parked_read``). The driver then parks the task on a future of its own. The
+(``parking.parked_read``). The driver then parks the task on a future of its own. The
 reader, once it has completed the read (data, end of stream, error, idle timeout),
 leaves the result on itself and calls ``resume_parked``, which resumes the handler right
 there, inside the protocol callback. Anything else the handler awaits (a sleep, a lock, a
@@ -46,7 +46,8 @@ import contextvars
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-from .streams import NO_DRIVER, StreamReader
+from .parking import NO_DRIVER
+from .streams import StreamReader
 
 try:
     from asyncio.tasks import _enter_task, _leave_task

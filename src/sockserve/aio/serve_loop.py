@@ -316,7 +316,7 @@ class AsyncServeLoop:
         # it from the reader's callbacks (aio/inline.py).
         context = contextvars.copy_context()
         if self._is_stream:
-            work = serve_stream(job, self._receive_view, context)
+            work = serve_stream(job, self._receive_view, context, self._loop)
         else:
             work = serve_datagram(job)
         assert self._loop is not None

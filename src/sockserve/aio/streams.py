@@ -24,9 +24,11 @@ driver's ``resume_parked``).
   lives in one small object (``flow.py``), ``reader.flow``.
 * Buffering and line splitting are the sans-IO ``LineBuffer``'s (``line_buffer.py``,
   shared with the synchronous handlers' line limit). The per-message path does not call
-  it: a chunk that is exactly what the waiting read wants never enters the buffer, and
-  ``data_received`` appends the others to the buffer's bytearray itself (what
-  ``LineBuffer.feed`` does, without the call).
+  it: a chunk that is exactly what the waiting read wants never enters the buffer; a
+  chunk that arrives to an empty buffer while no line is wanted is *held* as it is and
+  handed out in pieces (``bulk_reads.py``: no copy into the bytearray, which grew and
+  shrank by 256 KiB per uvloop read); ``data_received`` appends the others to the
+  buffer's bytearray itself (what ``LineBuffer.feed`` does, without the call).
 * The idle ``timeout`` is one timer per connection, checked lazily against the time the
   current wait started, not a ``TimerHandle`` created and cancelled per message.
 
@@ -51,15 +53,20 @@ the transport's write buffer is over its high-water mark.
 from __future__ import annotations
 
 import asyncio
-import types
-from collections.abc import Awaitable, Generator
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 from ..errors import AsyncLineTooLongError, LineTooLongError, ReadTimeoutError
 from ..line_buffer import LineBuffer
+from . import bulk_reads, parking
 from .flow import WRITE_HIGH_WATER_BYTES, FlowControl
+from .parking import LINE as _LINE
+from .parking import NO_DRIVER, Driver
+from .parking import SOME as _SOME
+from .parking import WAKE as _WAKE
+from .parking import parked_read as _parked_read
 
 __all__ = [
+    "NO_DRIVER",
     "AsyncLineTooLongError",
     "DEFAULT_LINE_LIMIT",
     "RECEIVE_CHUNK_BYTES",
@@ -79,31 +86,6 @@ DEFAULT_LINE_LIMIT = 64 * 1024
 #: add to a connection's buffer beyond ``2 * limit``.
 RECEIVE_CHUNK_BYTES = 64 * 1024
 
-#: What a pending read waits for (``StreamReader._want``): any change (the coroutine
-#: re-checks), a whole line, or up to ``_want_size`` bytes.
-_WAKE, _LINE, _SOME = 0, 1, 2
-
-#: A waiting read's idle timer may fire this early (uvloop rounds timers to
-#: milliseconds): within it, the deadline counts as reached rather than re-armed.
-_TIMER_SLACK_SECONDS = 0.001
-
-
-class Driver(Protocol):
-    """What resumes a handler whose read parked inline: its ``InlineDriver``."""
-
-    def resume_parked(self) -> None:
-        """The parked read is complete (its result is on the reader): resume the handler."""
-
-
-class _NoDriver:
-    """The reader's driver while none is attached: reads never park then."""
-
-    def resume_parked(self) -> None:
-        raise RuntimeError("a read parked inline, but no InlineDriver runs the handler")
-
-
-NO_DRIVER: Driver = _NoDriver()
-
 
 def receive_buffer() -> memoryview:
     """A receive buffer for ``StreamReader``; one per server, shared by its connections.
@@ -112,32 +94,6 @@ def receive_buffer() -> memoryview:
     which copies the bytes out before any other connection reads.
     """
     return memoryview(bytearray(RECEIVE_CHUNK_BYTES))
-
-
-@types.coroutine
-def _parked_read(reader: StreamReader) -> Generator[StreamReader, None, Any]:
-    """A read of the handler's own, waiting while its ``InlineDriver`` runs it.
-
-    It yields the reader itself, which tells the driver to park the connection's task;
-    the protocol callback that completes the read leaves the result (or the error) on
-    the reader and resumes the handler right there. A generator rather than a loop
-    future: creating and completing a future per message cost about 0.2 µs on uvloop
-    (measured), a third of what separated the handler from a bare ``Protocol``. The
-    result is taken from the reader, not from ``send``, so a resumption with
-    ``send(None)``, as a task would do, gets it too.
-    """
-    try:
-        yield reader
-    except BaseException:  # cancelled or closed while waiting: the read gives up
-        reader._give_up_parked_read()
-        raise
-    error = reader._parked_error
-    if error is not None:
-        reader._parked_error = None
-        raise error
-    result = reader._parked_result
-    reader._parked_result = None
-    return result
 
 
 class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
@@ -174,6 +130,10 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         "_receive_view",
         "_lines",
         "_buffer",
+        "_held",
+        "_held_start",
+        "_into",
+        "_filling",
         "_waiter",
         "_want",
         "_want_size",
@@ -200,8 +160,19 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         self._receive_view = receive_view
         #: The unread bytes, the limit and the end of stream (``line_buffer.py``).
         self._lines = LineBuffer(limit, error=AsyncLineTooLongError)
-        #: ``_lines.data`` itself (never replaced), for the per-message emptiness tests.
-        self._buffer = self._lines.data
+        #: True when anything is buffered unread: ``_lines.data`` itself, or the held
+        #: chunk while there is one. The per-message emptiness tests read it (and the
+        #: compiled path takes only an empty bytearray there as "nothing buffered").
+        self._buffer: bytearray | bytes = self._lines.data
+        #: A received chunk handed out in pieces without being copied into
+        #: ``_lines`` (``bulk`` reads): its unread bytes start at ``_held_start``.
+        #: While one is held, ``_lines.data`` is empty.
+        self._held: bytes | None = None
+        self._held_start = 0
+        #: The buffer of a pending ``readinto``; ``_filling``: the one ``get_buffer``
+        #: handed the transport (the stdlib loop reads straight into it).
+        self._into: memoryview | None = None
+        self._filling: memoryview | None = None
         #: The pending read: a loop future (a read from a task), the reader itself (the
         #: handler's own read, parked inline), or None.
         self._waiter: asyncio.Future[Any] | StreamReader | None = None
@@ -214,7 +185,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         #: a read that has to wait then parks inline instead of creating a future.
         self._driving = False
         #: Resumes the handler once its parked read is complete.
-        self._driver = NO_DRIVER
+        self._driver: Driver = NO_DRIVER
         #: What the parked read returns or raises, left here by the callback that
         #: completed it, until the handler takes it (``_parked_read``).
         self._parked_result: Any = None
@@ -241,11 +212,27 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         self.flow.transport = transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        into = self._into
+        if into is not None and not self._buffer:
+            # A readinto() waits and nothing is buffered: the kernel fills its buffer.
+            self._filling = into
+            return into
         return self._receive_view
 
     def buffer_updated(self, nbytes: int) -> None:
         # The stdlib loop's path; the bytes are copied out of the shared buffer here.
-        self.data_received(self._receive_view[:nbytes].tobytes())
+        filled = self._filling
+        if filled is None:
+            self.data_received(self._receive_view[:nbytes].tobytes())
+            return
+        self._filling = None
+        waiter = self._waiter
+        if waiter is self or (
+            waiter is not None and not cast("asyncio.Future[Any]", waiter).done()
+        ):
+            self._complete(waiter, nbytes, None)
+        else:  # the readinto gave up in the meantime: keep the bytes for the next read
+            self.data_received(bytes(filled[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         # The per-message path: a read is waiting and nothing is buffered, so when the
@@ -267,11 +254,20 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
                 if not future.done():  # (done: cancelled; the data is buffered below)
                     future.set_result(data)
                     return
-        buffer = self._buffer
-        buffer += data  # LineBuffer.feed(), written out: this runs for every other chunk
+        if not self._buffer and type(data) is bytes and (waiter is None or self._want != _LINE):
+            # Nothing buffered, and no line wanted now: keep the chunk itself and hand it
+            # out in pieces (one copy per piece; appending it to the bytearray would
+            # copy it twice and grow and shrink the bytearray with every chunk).
+            self._held = self._buffer = data
+            self._held_start = 0
+        else:
+            if self._held is not None:
+                self._spill()
+            buffer = self._buffer
+            buffer += data  # LineBuffer.feed(), written out
         if self._waiter is not None:
             self._serve_waiter()
-        if len(buffer) > self.flow.read_high_water:
+        if self._buffered() > self.flow.read_high_water:
             self.flow.pause_reading()
 
     #: The method above, under the name the compiled fast path calls for every case it
@@ -311,7 +307,12 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         result: Any = None
         if want != _WAKE:
             try:
-                result = self._line_now() if want == _LINE else self._some_now(self._want_size)
+                if want == _LINE:
+                    result = self._line_now()
+                elif want == _SOME:
+                    result = self._some_now(self._want_size)
+                else:
+                    result = self._into_now()
             except BaseException as exc:
                 self._complete(waiter, None, exc)
                 return
@@ -343,8 +344,7 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         if self._waiter is self:
             self._waiter = None
         result, self._parked_result, self._parked_error = self._parked_result, None, None
-        if result:
-            self._lines.unread(result)
+        self._put_back(result)
 
     # -- the reader: called by the handler --------------------------------------------
 
@@ -413,35 +413,19 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
     #: As ``_readline_slowly``, for ``read``.
     _read_slowly = read
 
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
-        """Data up to and including ``separator``.
+    readuntil = bulk_reads.readuntil
+    readexactly = bulk_reads.readexactly
+    readinto = bulk_reads.readinto
+    _into_now = bulk_reads.into_now
+    _take_held = bulk_reads.take_held
+    _advance_held = bulk_reads.advance_held
+    _spill = bulk_reads.spill
+    _buffered = bulk_reads.buffered
+    _put_back = bulk_reads.put_back
 
-        At EOF first: ``asyncio.IncompleteReadError`` with the partial data. Separator
-        beyond ``limit``: ``LineTooLongError``, the data left in the buffer.
-        """
-        lines = self._lines
-        while True:
-            chunk = lines.read_until(separator)
-            if chunk is not None:
-                self.flow.resume_reading_if_below(len(lines))
-                return chunk
-            if lines.eof:
-                self._raise_lost()
-                raise asyncio.IncompleteReadError(self._take(len(lines)), None)
-            await self._wait(_WAKE, 0)
-
-    async def readexactly(self, n: int) -> bytes:
-        """Exactly ``n`` bytes; ``asyncio.IncompleteReadError`` if EOF comes first."""
-        if n < 0:
-            raise ValueError("readexactly size can not be less than zero")
-        lines = self._lines
-        while (data := lines.read_exactly(n)) is None:
-            if lines.eof:
-                self._raise_lost()
-                raise asyncio.IncompleteReadError(self._take(len(lines)), n)
-            await self._wait(_WAKE, 0)
-        self.flow.resume_reading_if_below(len(lines))
-        return data
+    _wait = parking.wait
+    _keep_if_handed_over = parking.keep_if_handed_over
+    _check_timeout = parking.check_timeout
 
     def __aiter__(self) -> StreamReader:
         return self
@@ -460,6 +444,8 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
 
     def _line_now(self) -> bytes | None:
         """The next line if it is buffered (or the rest, at EOF); None: wait for more."""
+        if self._held is not None:
+            self._spill()
         lines = self._lines
         if not lines.data and lines.eof:
             self._raise_lost()
@@ -471,15 +457,20 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
 
     def _some_now(self, n: int) -> bytes | None:
         """Up to ``n`` buffered bytes (b"" at EOF); None: wait for some."""
-        lines = self._lines
-        if not lines.data and lines.eof:
-            self._raise_lost()
-        data = lines.read(n)
+        if self._held is not None:
+            data: bytes | None = self._take_held(n)
+        else:
+            lines = self._lines
+            if not lines.data and lines.eof:
+                self._raise_lost()
+            data = lines.read(n)
         if self.flow.is_reading_paused:
-            self.flow.resume_reading_if_below(len(lines))
+            self.flow.resume_reading_if_below(self._buffered())
         return data
 
     def _take(self, size: int) -> bytes:
+        if self._held is not None:
+            self._spill()
         data = self._lines.take(size)
         self.flow.resume_reading_if_below(len(self._lines))
         return data
@@ -488,64 +479,3 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         """At the end of the stream with nothing buffered: raise why it was lost, if so."""
         if self.flow.exception is not None:
             raise self.flow.exception
-
-    def _wait(self, want: int, size: int) -> Awaitable[Any]:
-        """An awaitable the protocol completes with what ``want`` asks for (or an error).
-
-        The handler's own read (``_driving``) parks inline; a read from any other task
-        gets a loop future.
-        """
-        waiter = self._waiter
-        if waiter is not None and (
-            waiter is self or not cast("asyncio.Future[Any]", waiter).done()
-        ):
-            raise RuntimeError("another coroutine is already waiting for data on this reader")
-        if self.flow.is_reading_paused:
-            self.flow.resume_reading()  # the caller needs more than is buffered
-        self._want = want
-        self._want_size = size
-        if self.timeout is not None:
-            # One timer per connection, checked lazily, instead of a TimerHandle created
-            # and cancelled per message: a read costs one clock reading.
-            self._wait_started = self._loop.time()
-            if self._timer is None:
-                self._timer = self._loop.call_at(
-                    self._wait_started + self.timeout, self._check_timeout
-                )
-        if self._driving:
-            self._waiter = self
-            return _parked_read(self)
-        future = self._waiter = self._create_future()
-        return future
-
-    def _keep_if_handed_over(self, read: Awaitable[Any]) -> None:
-        """The read's task was cancelled after its data was handed over (a timeout firing
-        in that same instant): put the data back in front of the buffer, lose nothing.
-        (A parked read does this itself, in ``_parked_read``.)
-
-        Written out in each read rather than wrapped in a helper coroutine: that would
-        be one more coroutine per message on the ping-pong path."""
-        if (
-            isinstance(read, asyncio.Future)
-            and read.done()
-            and not read.cancelled()
-            and read.exception() is None
-            and read.result()
-        ):
-            self._lines.unread(read.result())
-
-    def _check_timeout(self) -> None:
-        self._timer = None
-        waiter = self._waiter
-        timeout = self.timeout
-        if (
-            waiter is None
-            or timeout is None
-            or (waiter is not self and cast("asyncio.Future[Any]", waiter).done())
-        ):
-            return  # nobody waits: the next wait arms the timer again
-        deadline = self._wait_started + timeout
-        if self._loop.time() + _TIMER_SLACK_SECONDS >= deadline:
-            self._complete(waiter, None, ReadTimeoutError(f"no data for {timeout} s"))
-        else:  # the read that timer was for got its data; this one started later
-            self._timer = self._loop.call_at(deadline, self._check_timeout)

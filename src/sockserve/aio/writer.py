@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import IO, Any
 
+from .sendfile import send_file
 from .streams import StreamReader
 
 __all__ = ["StreamWriter"]
@@ -24,7 +25,8 @@ class StreamWriter:
     ``write(data)`` hands the bytes to the transport at once (it sends what the kernel
     takes and buffers the rest): it *is* the transport's ``write``, bound once, so a
     message costs no extra call. ``await drain()`` waits while that buffer is over the
-    high-water mark, and raises if the connection is lost.
+    high-water mark, and raises if the connection is lost. ``sendfile(file)`` sends a
+    file without copying it through Python where the transport allows it.
     """
 
     __slots__ = ("_transport", "_flow", "write", "_ready")
@@ -82,6 +84,13 @@ class StreamWriter:
             await asyncio.sleep(0)  # closing: let connection_lost run, then report it
         if flow.is_connection_lost:
             raise flow.exception or ConnectionResetError("Connection lost")
+
+    async def sendfile(self, file: IO[bytes], offset: int = 0, count: int | None = None) -> int:
+        """Send ``count`` bytes of ``file`` from ``offset`` (None: to its end), by the
+        kernel's ``sendfile`` where the connection allows it; return how many were sent
+        (fewer only if the file ended). The file's position is left after them.
+        Errors, partial sends and cancellation: ``sendfile.py``."""
+        return await send_file(self._transport, self._flow, file, offset, count)
 
     def __repr__(self) -> str:
         return f"<sockserve StreamWriter transport={self._transport!r}>"
