@@ -518,6 +518,7 @@ LAYERS: list[tuple[str, ...]] = [
         "proxy_protocol",
         "proxy_protocol.*",
         "tls",
+        "tls_handshake",
     ),
     ("admission", "admission.*"),
     ("dispatch", "dispatch.*"),

@@ -38,12 +38,12 @@ from sockserve.errors import (
 )
 from sockserve.tls import (
     ContextHolder,
-    HandshakeStep,
     TLSInfo,
     record_server_names,
     server_context,
     tls_info,
 )
+from sockserve.tls_handshake import HandshakeStep
 
 #: Seconds any one socket operation, handshake or subprocess may take.
 TIMEOUT = 10.0

@@ -35,7 +35,8 @@ import ssl
 from typing import Any
 
 from ..errors import ConfigurationError, TLSHandshakeError
-from ..tls import ContextHolder, HandshakeStep
+from ..tls import ContextHolder
+from ..tls_handshake import HandshakeStep
 from .checks import Refused
 from .preludes import ORDER_LAST, WANT_READ, WANT_WRITE, PreludeDone
 

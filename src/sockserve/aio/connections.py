@@ -39,7 +39,8 @@ from ..handler_errors import call_handle_error, peer_fault_kind
 from ..serving.connection_watch import ConnectionWatch
 from ..serving.job import HANDLER_ERROR, SERVED, UNVERIFIED, RequestJob
 from ..serving.traffic import measure
-from ..tls import handshake_failure, tls_info
+from ..tls import tls_info
+from ..tls_handshake import handshake_failure
 from .fastpath import IMPLEMENTATION
 from .handlers import AsyncBaseRequestHandler
 from .inline import INLINE_RESUMPTION, await_handler
