@@ -331,8 +331,15 @@ class ServeLoop(LoopThreads):
         core = self.core
         released_before = core.begin_draining()
         log.info("draining %d request(s) for up to %.1f s", core.limiter.active, timeout)
-        self.ask_to_stop(server)  # ask, never wait for it: a loop may be mid-request
-        if self.is_running:
+        # Ask, never wait for it: a loop may be mid-request. Under the threads' lock, so
+        # that a loop entering now either sees the stop or counts as running: seen
+        # otherwise (1 start in ~50 signalled at its ready line), the listener closed
+        # below while a loop that had just entered went on to register it.
+        with self._lock:
+            setattr(server, STOP_FLAG, True)
+            is_running = self.is_running
+        self.wake()
+        if is_running:
             getattr(server, STOPPED_EVENT).wait(max(0.0, deadline - time.monotonic()))
         self._stop_listening(server, deadline if takes_backlog else started)
         idle = self._wait_idle(server, deadline)
