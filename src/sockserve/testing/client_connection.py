@@ -115,6 +115,10 @@ class ClientConnection:
             self.sock.connect(target)
         except ConnectionRefusedError:
             self._end("refused")
+        except ConnectionResetError:
+            # Reset during the handshake: the listener closed with this connection still
+            # in its queue (a server that stopped listening). Never accepted: refused.
+            self._end("refused")
         except FileNotFoundError:  # no socket file at the Unix path: nothing listens
             self._end("refused")
         except BaseException:
