@@ -91,8 +91,12 @@ def prelude_order(prelude: Prelude) -> int:
     return order
 
 
-def timeout_reason(prelude: Prelude) -> str:
-    return f"{prelude.name}_timeout"
+def timed_out(prelude: Prelude) -> Refused:
+    """The refusal of a connection that did not complete ``prelude`` in its ``timeout``:
+    reason ``"<name>_timeout"``, the same from every driver."""
+    return Refused(
+        f"{prelude.name}_timeout", f"{prelude.name} not complete within {prelude.timeout:g} s"
+    )
 
 
 def connection_of(run: PreludeRun | None, request: Any) -> Any:
@@ -137,10 +141,7 @@ def drive_blocking(
                     registered = events
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or not selector.select(remaining):
-                        raise Refused(
-                            timeout_reason(prelude),
-                            f"{prelude.name} not complete within {prelude.timeout:g} s",
-                        )
+                        raise timed_out(prelude)
         except Refused as why:
             why.connection = connection_of(run, request)
             raise

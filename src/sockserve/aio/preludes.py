@@ -13,8 +13,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from ..admission.checks import Refused
-from ..admission.preludes import WANT_READ, Prelude, PreludeDone, timeout_reason
+from ..admission.preludes import WANT_READ, Prelude, PreludeDone, timed_out
 
 
 async def run_preludes(
@@ -41,10 +40,7 @@ async def run_preludes(
                         break
                     await _ready(loop, request.fileno(), reading=step == WANT_READ)
         except TimeoutError:
-            raise Refused(
-                timeout_reason(prelude),
-                f"{prelude.name} not complete within {prelude.timeout:g} s",
-            ) from None
+            raise timed_out(prelude) from None
     return request, client_address, details
 
 

@@ -244,9 +244,7 @@ class ServingCore:
         the loop never saw, it is a job whose ticket counts nothing.
         """
         job = self._handed_over.pop(id(request), None)
-        if job is None or job.request is not request:
-            return RequestJob(server, request, client_address, untracked_ticket(), self)
-        return job
+        return self._job_or_untracked(job, server, request, client_address)
 
     def take_back(self, job: RequestJob) -> bool:
         """After ``process_request``: True if no dispatcher claimed ``job`` (so the work
@@ -267,6 +265,12 @@ class ServingCore:
     def borrow(self, server: Any, request: Any, client_address: Any) -> RequestJob:
         """The lent job of ``request``, or one whose ticket counts nothing."""
         job = self._lent.get(id(request))
+        return self._job_or_untracked(job, server, request, client_address)
+
+    def _job_or_untracked(
+        self, job: RequestJob | None, server: Any, request: Any, client_address: Any
+    ) -> RequestJob:
+        """``job`` if it is ``request``'s (ids are reused), else one counting nothing."""
         if job is None or job.request is not request:
             return RequestJob(server, request, client_address, untracked_ticket(), self)
         return job

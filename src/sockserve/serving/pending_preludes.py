@@ -26,7 +26,7 @@ from ..admission.preludes import (
     PreludeDone,
     PreludeRun,
     connection_of,
-    timeout_reason,
+    timed_out,
 )
 
 
@@ -101,10 +101,7 @@ class PendingPreludes:
                 self._on_refused(
                     connection_of(pending.run, pending.request),
                     pending.client_address,
-                    Refused(
-                        timeout_reason(prelude),
-                        f"{prelude.name} not complete within {prelude.timeout:g} s",
-                    ),
+                    timed_out(prelude),
                 )
 
     def finish_all(self) -> None:
