@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from ..errors import ConfigurationError
-from ..metrics import DrainReport, ServerStats
+from ..metrics import DrainReport
 from ..servers import TCPServer, UDPServer
 from ..serving.connection_watch import ConnectionWatch
 from ..serving.core import ServingCore
@@ -154,11 +154,6 @@ class AsyncServerMixIn:
         """``drain`` for code running on the server's own event loop."""
         _check_drain_timeout(timeout)
         return await self._aio.drain_async(self, timeout)
-
-    def stats(self) -> ServerStats:
-        """A snapshot of the server's counters (see ``ServerStats``)."""
-        core: ServingCore = getattr(self, "_core")  # noqa: B009
-        return core.stats()
 
     # -- hooks -----------------------------------------------------------------------------
 
