@@ -97,7 +97,10 @@ def test_a_users_admission_check_refuses_and_admits(
         with harness.connect(server) as admitted:
             assert admitted.exchange(b"admitted\n") == b"admitted\n"
         if kind.is_prefork:  # its workers report their counters every 0.1 s at most
-            assert server._supervisor.wait_for_stats(lambda s: s.finished >= 1, CLIENT_TIMEOUT)
+            # The refusal and the service may be two workers' reports: wait for both.
+            assert server._supervisor.wait_for_stats(
+                lambda s: s.finished >= 1 and bool(s.rejected), CLIENT_TIMEOUT
+            )
         # Counted where the check ran; a pre-fork master sums its workers'.
         assert server.stats().rejected == {"flagged": 1}
     check.close()
