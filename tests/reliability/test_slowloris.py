@@ -205,7 +205,8 @@ def check_mode(run: ModeRun) -> str:
         for a, o in zip(run.attackers, run.outcomes, strict=True)
     )
     return (
-        f"{len(run.attackers)}/{len(run.attackers)} attackers cut ({cut}); "
+        f"{len(run.attackers)}/{len(run.attackers)} attackers cut ({cut}); counted "
+        f"{dict(faults)}, handler_errors 0; "
         f"{run.ledger.correct}/{run.ledger.expected} normal replies correct"
     )
 
