@@ -33,7 +33,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ from .battery import (
     mode_name,
     server_log,
     stream_client,
+    wait_until,
 )
 from .figures import record_figure
 from .protocol import request_line
@@ -156,32 +158,44 @@ def serves_one_at_a_time(kind: Kind) -> bool:
 class ModeRun:
     mode: str
     kind: Kind
+    server: Any
     attackers: list[Attacker]
-    outcomes: list[StreamOutcome]
     ledger: Ledger
-    stats: Any
-    forks_log: bool  # its faults are logged by forked children, not this process
+    outcomes: list[StreamOutcome] = field(default_factory=list)
+
+    @property
+    def forks_log(self) -> bool:
+        """Its faults are logged by forked children, not this process."""
+        return self.kind.mode in ("forking", "prefork")
 
 
-def run_mode(kind: Kind, loop: str | None, harness: Harness, normal: int, requests: int) -> ModeRun:
-    """Serve ``kind`` with the limits on while its attackers and normal clients run."""
+def start_mode(kind: Kind, loop: str | None, harness: Harness, stack: ExitStack) -> ModeRun:
+    """Build ``kind``'s server with the limits on and serve it (until ``stack`` closes).
+
+    Every server serves (pre-fork workers forked and ready) before any client starts:
+    ``clients_of`` is entered before serving, so children forked from then on (this
+    server's, and the other modes') let go of its clients and of the other servers'
+    connections; and the workers are forked while this process is still quiet.
+    """
     mode = mode_name(kind, loop)
-    attackers = attackers_for(kind)
-    ledger = Ledger(mode)
     limits = UNIX_LIMITS if kind.is_unix else LIMITS
     server = harness.server(handler_of(kind), **limits, **loop_kwargs(loop))
-    # clients_of before serving and before any client of this server exists: children
-    # forked from now on (this server's, and the other modes' running beside it) let go
-    # of its clients and of the other servers' connections.
-    with clients_of(server), serve_in_thread(server):
-        address = server.server_address
-        work: list[Callable[[], Any]] = [partial(a.run, address) for a in attackers]
-        work += [
-            partial(stream_client, address, c, requests, ledger, seed=c) for c in range(normal)
-        ]
-        results = run_concurrently(work, timeout=60)
-    forks = kind.mode in ("forking", "prefork")
-    return ModeRun(mode, kind, attackers, results[: len(attackers)], ledger, server.stats(), forks)
+    stack.enter_context(clients_of(server))
+    stack.enter_context(serve_in_thread(server))
+    if kind.is_prefork:
+        wanted = kind.server_kwargs["workers"]
+        wait_until(lambda: server.workers_ready() == wanted, CLIENT_TIMEOUT, f"{mode} workers")
+    return ModeRun(mode, kind, server, attackers_for(kind), Ledger(mode))
+
+
+def attack(run: ModeRun, normal: int, requests: int) -> None:
+    """Run the mode's attackers beside its normal clients; keep the attackers' outcomes."""
+    address = run.server.server_address
+    work: list[Callable[[], Any]] = [partial(a.run, address) for a in run.attackers]
+    work += [
+        partial(stream_client, address, c, requests, run.ledger, seed=c) for c in range(normal)
+    ]
+    run.outcomes = run_concurrently(work, timeout=60)[: len(run.attackers)]
 
 
 def check_mode(run: ModeRun) -> str:
@@ -196,9 +210,10 @@ def check_mode(run: ModeRun) -> str:
     expected: dict[str, int] = {}
     for attacker in run.attackers:
         expected[attacker.kind] = expected.get(attacker.kind, 0) + 1
-    faults = run.stats.peer_faults
+    stats = run.server.stats()  # the server has stopped: final (pre-fork: combined)
+    faults = stats.peer_faults
     assert dict(faults) == expected, f"{run.mode}: peer_faults {dict(faults)}, want {expected}"
-    assert run.stats.handler_errors == 0, f"{run.mode}: {run.stats}"
+    assert stats.handler_errors == 0, f"{run.mode}: {stats}"
     run.ledger.assert_nothing_lost()
     cut = ", ".join(
         f"{a.name} by {a.kind} in {o.elapsed:.2f} s"
@@ -226,13 +241,13 @@ def test_slow_and_non_reading_clients_are_cut_while_others_are_served(
         directory.mkdir()
         harnesses.append(Harness(kind, directory, tmp_path))
     try:
-        with server_log(log_path):
-            results: list[ModeRun] = run_concurrently(
-                [
-                    partial(run_mode, kind, loop, harness, normal, requests)
-                    for (kind, loop), harness in zip(modes, harnesses, strict=True)
-                ],
-                timeout=120,
+        with server_log(log_path), ExitStack() as stack:
+            results = [
+                start_mode(kind, loop, harness, stack)
+                for (kind, loop), harness in zip(modes, harnesses, strict=True)
+            ]
+            run_concurrently(
+                [partial(attack, run, normal, requests) for run in results], timeout=120
             )
     finally:
         for harness in harnesses:
