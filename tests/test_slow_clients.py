@@ -1,14 +1,19 @@
 """Slow and greedy clients are cut by their limit, counted, and nobody else notices.
 
 For each limit (``idle_timeout``, ``connection_deadline``, ``min_transfer_rate``,
-``write_timeout``) and each mode (threads, pool, inline, async on both loops), a
-faulty client from ``sockserve.testing`` breaks it while a normal client keeps asking:
-the faulty connection ends within the limit (plus a sweep), is counted once in
-``stats().peer_faults`` by kind, and every normal exchange succeeds. The judge itself
+``write_timeout``) and each mode (threads, pool, inline, async on both loops, forking,
+and pre-fork with single-threaded, thread-pool and async workers), a faulty client from
+``sockserve.testing`` breaks it while a normal client keeps asking: the faulty
+connection ends within the limit (plus a sweep), is counted once in ``stats().peer_faults``
+by kind (a forked child's exit status carries it to the parent; pre-fork: the master's
+combined stats), is logged once (per process: a forked child or a worker is an episode
+of its own), and every normal exchange succeeds. The judge itself
 (``slow_clients.ConnectionVerdict``) is tested on made-up kernel readings, and the
 command line's options on their own.
 
-Timing: the limits are a few tenths of a second, the clients' pacing is theirs (no sleep
+Forked children (forking, pre-fork) would keep copies of this process's client sockets:
+``forked_clients.clients_of`` makes them let go, as a real client's server would never
+have them. Timing: the limits are a few tenths of a second, the clients' pacing is theirs (no sleep
 here synchronises anything); the counters are read once the server has stopped (its
 request threads joined, its children reaped), so they are final.
 """
@@ -19,14 +24,22 @@ import socket
 import threading
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import sockserve
+from forked_clients import clients_of, server_log
 from sockserve.cli import options
 from sockserve.slow_clients import ConnectionVerdict, SlowClientLimits, TcpCounters
 from sockserve.testing import StreamOutcome, never_read, serve_in_thread, trickle
+
+pytestmark = pytest.mark.filterwarnings(
+    # Python 3.12+ warns that fork() in a process with threads may deadlock the child; the
+    # threads are the test's own (clients, serving thread), and children only serve.
+    r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\):DeprecationWarning"
+)
 
 #: What the "flood" request makes the handler send, forever, in pieces of this.
 FLOOD_CHUNK = b"x" * 65536
@@ -93,16 +106,34 @@ def _async(loop: str) -> Callable[..., Any]:
     return partial(sockserve.AsyncTCPServer, ("127.0.0.1", 0), AsyncEchoOrFlood, event_loop=loop)
 
 
+class PreforkPoolTCPServer(sockserve.PreforkMixIn, sockserve.ThreadPoolMixIn, sockserve.TCPServer):
+    """Pre-fork workers of threads: the shape ``sockserve serve --workers`` builds."""
+
+
+class PreforkAsyncTCPServer(sockserve.PreforkMixIn, sockserve.AsyncTCPServer):
+    """Pre-fork workers each running an event loop."""
+
+
 MODES: dict[str, Callable[..., Any]] = {
     "threading": _sync(sockserve.ThreadingTCPServer),
     "pool": _sync(sockserve.ThreadPoolTCPServer, max_workers=4),
     "inline": _sync(sockserve.TCPServer),
     "async-asyncio": _async("asyncio"),
     "async-uvloop": _async("uvloop"),
+    "forking": _sync(sockserve.ForkingTCPServer),
+    # Single-threaded workers: the faulty client holds one, the other serves the rest.
+    "prefork": _sync(sockserve.PreforkTCPServer, workers=2),
+    "prefork-pool": _sync(PreforkPoolTCPServer, workers=1, max_workers=4),
+    "prefork-async": partial(
+        PreforkAsyncTCPServer,
+        ("127.0.0.1", 0),
+        AsyncEchoOrFlood,
+        event_loop="asyncio",
+        workers=1,
+    ),
 }
-# Not the forking mode here: its children are forks of this test process, so each one
-# holds a copy of every client socket open at the time, and a client's close is no end
-# of stream for a handler until the last copy goes (the deadline then cuts them all).
+#: The start of the line a peer-fault episode opens with (``ServingCore.peer_fault_log``).
+EPISODE_LINE = "connections ended by the client: "
 
 
 def exchange(address: Any, payload: bytes) -> bool:
@@ -135,7 +166,7 @@ def uvloop_installed() -> None:
 @pytest.mark.parametrize("mode", sorted(MODES))
 @pytest.mark.parametrize("limit", sorted(LIMITS))
 def test_the_faulty_connection_is_cut_counted_and_others_are_served(
-    mode: str, limit: str, request: pytest.FixtureRequest
+    mode: str, limit: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     if mode == "async-uvloop":
         request.getfixturevalue("uvloop_installed")
@@ -143,7 +174,8 @@ def test_the_faulty_connection_is_cut_counted_and_others_are_served(
     server = MODES[mode](**settings)
     done = threading.Event()
     results: list[bool] = []
-    with serve_in_thread(server) as running:
+    log_path = tmp_path / "server.log"
+    with server_log(log_path), serve_in_thread(server) as running, clients_of(server):
         address = running.server_address
         normal = threading.Thread(target=normal_client_until, args=(address, done, results))
         normal.start()
@@ -160,15 +192,23 @@ def test_the_faulty_connection_is_cut_counted_and_others_are_served(
     assert results, results
     assert all(results), results
     assert stats.handler_errors == 0, stats
+    firsts = [line for line in log_path.read_text().splitlines() if EPISODE_LINE + kind in line]
+    assert len(firsts) == 1, firsts  # one faulty connection: one episode, one line
+    assert "Traceback" not in log_path.read_text()
 
 
-@pytest.mark.parametrize("mode", ["threading", "async-asyncio"])
-def test_max_line_length_and_min_transfer_rate_together(mode: str) -> None:
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_max_line_length_and_min_transfer_rate_together(
+    mode: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     """A fast over-long line is refused by the line limit, a slow one cut by the rate;
-    the handler never sees a line over max_line_length."""
+    the handler never sees a line over max_line_length; each is logged once."""
+    if mode == "async-uvloop":
+        request.getfixturevalue("uvloop_installed")
     EchoOrFlood.longest_seen = 0
     server = MODES[mode](min_transfer_rate=200.0, min_transfer_window=0.6)
-    with serve_in_thread(server) as running:
+    log_path = tmp_path / "server.log"
+    with server_log(log_path), serve_in_thread(server) as running, clients_of(server):
         address = running.server_address
         too_long = b"y" * (LINE_LIMIT * 4) + b"\n"
         assert not exchange(address, too_long)
@@ -178,7 +218,11 @@ def test_max_line_length_and_min_transfer_rate_together(mode: str) -> None:
     assert slow.ended in ("eof", "reset"), slow
     assert stats.peer_faults.get("line_too_long", 0) >= 1, stats
     assert stats.peer_faults.get("too_slow", 0) + stats.peer_faults["line_too_long"] == 2, stats
+    # (In a forked child the handler's class attribute is the child's: 0 here, as it was.)
     assert EchoOrFlood.longest_seen <= LINE_LIMIT
+    log_text = log_path.read_text()
+    assert "Traceback" not in log_text
+    assert 1 <= log_text.count(EPISODE_LINE) <= 2, log_text  # per process, one episode
 
 
 def test_limits_are_off_by_default_and_checked() -> None:

@@ -8,26 +8,28 @@ Loss: a ``Ledger`` records what each client expected and what came back, and a f
 case prints the first losses as ``<mode> client <c> request <n>: expected ..., got ...``
 rather than a bare count.
 
+Forked children (forking modes, pre-fork workers) drop their copies of the test's
+clients inside ``clients_of(server)`` (``tests/forked_clients.py``).
+
 Resources: ``Resources.now()`` counts this process's descriptors (``/proc/self/fd``),
 threads and child processes; ``settle_to`` waits (bounded) until they are back.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from forked_clients import clients_of as clients_of  # (re-exported for the cases)
+from forked_clients import server_log as server_log
 from sockserve.testing import half_close, send_in_pieces
 from sockserve.testing.client_connection import stream_target
 from test_contract import ALL_KINDS, Kind
@@ -234,58 +236,6 @@ def datagram_bind_address(kind: Kind, short_dir: Path, name: str) -> Any:
     return str(short_dir / name) if kind.is_unix else ("127.0.0.1", 0)
 
 
-# -- clients in the same process as a forking server --------------------------------------
-
-#: Server addresses whose clients live in this process. A child forked while they are
-#: open (a forking server's, a replacement pre-fork worker) would hold copies of them:
-#: a client's close() then sends no FIN (and an abort no RST) until every copy is gone,
-#: and children holding each other's clients wait for each other forever. A real
-#: client is another process, so each forked child lets go of its copies at once.
-_CLIENT_TARGETS: set[Any] = set()
-
-
-def _let_go_of_test_clients() -> None:
-    if not _CLIENT_TARGETS:
-        return
-    null = os.open(os.devnull, os.O_RDONLY)
-    try:
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            if fd == null:
-                continue
-            try:
-                probe = socket.socket(fileno=fd)
-            except OSError:
-                continue  # not a socket
-            try:
-                peer = probe.getpeername()
-            except OSError:
-                peer = None
-            finally:
-                probe.detach()
-            if peer in _CLIENT_TARGETS:
-                # dup2, not close: the number stays taken, so a client object's eventual
-                # close() in this child cannot hit a descriptor opened since.
-                os.dup2(null, fd)
-    finally:
-        os.close(null)
-
-
-os.register_at_fork(after_in_child=_let_go_of_test_clients)
-
-
-@contextmanager
-def clients_of(server: Any) -> Iterator[Any]:
-    """While inside, children forked from this process drop their copies of clients
-    connected to ``server``."""
-    address = server.server_address
-    _CLIENT_TARGETS.add(address)
-    try:
-        yield server
-    finally:
-        _CLIENT_TARGETS.discard(address)
-
-
 # -- resources -----------------------------------------------------------------------------
 
 
@@ -352,25 +302,6 @@ def assert_back_to(before: Resources, mode: str) -> Resources:
 
 
 # -- logs ----------------------------------------------------------------------------------
-
-
-@contextmanager
-def server_log(path: Path) -> Iterator[Path]:
-    """Everything the ``sockserve`` loggers say at INFO and above goes to ``path``, from
-    this process and from the children it forks (they inherit the handler; each record
-    is one ``O_APPEND`` write)."""
-    logger = logging.getLogger("sockserve")
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(process)d %(levelname)s %(name)s: %(message)s"))
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield path
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-        handler.close()
 
 
 def concurrency_by_pid(path: Path) -> dict[int, int]:
