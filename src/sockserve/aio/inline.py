@@ -103,7 +103,9 @@ class InlineDriver:
         self._payload: Any = None
 
     def __await__(self) -> Generator[Any, None, Any]:
-        task = asyncio.current_task()
+        # The reader's loop is the running one: naming it spares current_task() the
+        # get_running_loop() call, a getpid system call on 3.11, once per connection.
+        task = asyncio.current_task(self._reader._loop)
         if task is None:
             raise RuntimeError("InlineDriver must be awaited by a task")
         self._task = task
