@@ -64,6 +64,8 @@ def launch_stdlib(spec: ServerSpec, host: str) -> None:
 
 
 def launch_sockserve(spec: ServerSpec, host: str) -> None:
+    if spec.options.get("src"):
+        sys.path.insert(0, spec.options["src"])  # a "(before)" mode: another checkout's
     if spec.options.get("pure_python"):
         # Read when sockserve.aio.fastpath is first imported, which is below.
         os.environ["SOCKSERVE_PURE_PYTHON"] = "1"

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,9 @@ class SockserveMode:
     #: Run with the async mode's compiled fast path off (SOCKSERVE_PURE_PYTHON=1), as on
     #: a machine that had no C compiler when sockserve was installed.
     pure_python: bool = False
+    #: Import sockserve from this directory (another checkout's ``src``) instead of this
+    #: checkout's: see ``BEFORE_SRC_VARIABLE``.
+    src: str = ""
 
     @property
     def name(self) -> str:
@@ -141,6 +144,21 @@ SOCKSERVE_MODES = (
 )
 
 
+#: ``BENCH_BEFORE_SRC=<another checkout>/src python -m bench ...`` adds each async mode
+#: again, labelled "(before)", importing sockserve from there (build its extension
+#: first: ``python3 setup.py build_ext --inplace`` in that checkout). A change and what
+#: it changed then run interleaved, repeat by repeat, in one run on the same machine.
+BEFORE_SRC_VARIABLE = "BENCH_BEFORE_SRC"
+
+
+def _before_modes(src: str) -> tuple[SockserveMode, ...]:
+    return tuple(
+        replace(mode, label=f"{mode.label or mode.class_name}(before)", src=src)
+        for mode in SOCKSERVE_MODES
+        if mode.handler == "async" and src
+    )
+
+
 def _stdlib(class_name: str) -> ServerSpec:
     return ServerSpec(f"stdlib.{class_name}", "stdlib", "socketserver", target=class_name)
 
@@ -155,6 +173,7 @@ def _sockserve(mode: SockserveMode, **fields: Any) -> ServerSpec:
             "handler": mode.handler,
             "kwargs": mode.kwargs,
             "pure_python": mode.pure_python,
+            "src": mode.src,
             **fields.pop("options", {}),
         },
         needs_class=("sockserve", mode.class_name),
@@ -282,6 +301,7 @@ SERVERS: tuple[ServerSpec, ...] = (
     ),
     ServerSpec("gevent.StreamServer", "gevent", "gevent_stream", requires=("gevent",)),
     *(_sockserve(mode) for mode in SOCKSERVE_MODES),
+    *(_sockserve(mode) for mode in _before_modes(os.environ.get(BEFORE_SRC_VARIABLE, ""))),
     *_scaling_specs(),
     ServerSpec("c.epoll", "c", "c", target="c_echo.c", note="the practical ceiling"),
     # HTTP: one http.server handler, served by the stdlib and by sockserve underneath.
@@ -382,8 +402,14 @@ class ServerProcess:
             argv = [str(compile_c(spec.target)), "--host", host, *args]
         else:
             argv = [sys.executable, "-m", "bench.peers", spec.name, host]
-        # bench/ is a package at the repository root, not installed: put the root first.
-        path = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        # bench/ is a package at the repository root, not installed: put the root first,
+        # then this checkout's sockserve (not whichever one is installed: an editable
+        # install of another worktree would otherwise be what is measured).
+        path = [
+            str(REPO_ROOT),
+            str(REPO_ROOT / "src"),
+            *filter(None, [os.environ.get("PYTHONPATH")]),
+        ]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
         self._process = subprocess.Popen(
             argv,

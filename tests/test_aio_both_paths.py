@@ -51,11 +51,29 @@ class _WritingTransport(_FakeTransport):
         self.written += data
 
 
+def _fill(reader: StreamReader, chunk: bytes) -> None:
+    """Deliver ``chunk`` as the standard library's loop does: ``get_buffer``, a read
+    into it (as much as fits), ``buffer_updated``; again until all of it is in."""
+    while chunk:
+        buffer = reader.get_buffer(-1)
+        count = min(len(buffer), len(chunk))
+        buffer[:count] = chunk[:count]
+        reader.buffer_updated(count)
+        chunk = chunk[count:]
+
+
 async def _serve(
-    implementation: Implementation, handler: Handler, chunks: list[bytes], *, limit: int = 64
+    implementation: Implementation,
+    handler: Handler,
+    chunks: list[bytes],
+    *,
+    limit: int = 64,
+    feed: str = "data_received",
 ) -> tuple[Any, bytes]:
     """Run ``handler(reader, writer)`` inline, feed ``chunks`` then EOF from callbacks;
-    return what the handler returned and what it wrote."""
+    return what the handler returned and what it wrote. ``feed``: "data_received" (as
+    uvloop delivers) or "buffer" (``get_buffer``/``buffer_updated``, as the standard
+    library's loop does)."""
     loop = asyncio.get_running_loop()
     reader = implementation.reader_class(loop, receive_buffer(), limit=limit)
     transport = _WritingTransport()
@@ -70,7 +88,10 @@ async def _serve(
     task = loop.create_task(connection(), context=context)
     for chunk in chunks:
         await asyncio.sleep(0)
-        loop.call_soon(reader.data_received, chunk)
+        if feed == "buffer":
+            loop.call_soon(_fill, reader, chunk)
+        else:
+            loop.call_soon(reader.data_received, chunk)
     await asyncio.sleep(0)
     loop.call_soon(reader.eof_received)
     result = await asyncio.wait_for(task, TIMEOUT)

@@ -54,14 +54,18 @@ EVERY_SPLIT = settings(
 )
 payloads = st.binary(min_size=0, max_size=600)
 cut_lists = st.lists(st.integers(min_value=0, max_value=600), max_size=12)
+#: How chunks arrive: uvloop's ``data_received``, or the standard library's loop reading
+#: into ``get_buffer`` (where a chunk larger than a waiting ``read(n)`` is cut in pieces).
+FEEDS = ["data_received", "buffer"]
 
 
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(data=payloads, cuts=cut_lists, size=st.integers(min_value=1, max_value=300))
+@pytest.mark.parametrize("feed", FEEDS)
 def test_readinto_returns_every_byte_once_for_every_split(
-    implementation: Implementation, data: bytes, cuts: list[int], size: int
+    implementation: Implementation, feed: str, data: bytes, cuts: list[int], size: int
 ) -> None:
     async def handler(reader: StreamReader, writer: Any) -> list[int]:
         buffer = bytearray(size)
@@ -74,7 +78,7 @@ def test_readinto_returns_every_byte_once_for_every_split(
         return counts
 
     async def main() -> None:
-        _counts, written = await _serve(implementation, handler, _splits(data, cuts))
+        _counts, written = await _serve(implementation, handler, _splits(data, cuts), feed=feed)
         assert written == data
 
     asyncio.run(main())
@@ -89,8 +93,14 @@ def test_readinto_returns_every_byte_once_for_every_split(
     steps=st.lists(st.sampled_from(["read", "into", "line", "exactly"]), min_size=1, max_size=8),
     size=st.integers(min_value=1, max_value=200),
 )
+@pytest.mark.parametrize("feed", FEEDS)
 def test_mixed_reads_lose_and_repeat_nothing_for_every_split(
-    implementation: Implementation, data: bytes, cuts: list[int], steps: list[str], size: int
+    implementation: Implementation,
+    feed: str,
+    data: bytes,
+    cuts: list[int],
+    steps: list[str],
+    size: int,
 ) -> None:
     """read(n), readinto, readline and readexactly in turn, whatever the chunks: a held
     chunk is handed out in pieces, and spilled into the line buffer when a line is
@@ -117,7 +127,59 @@ def test_mixed_reads_lose_and_repeat_nothing_for_every_split(
                 return
 
     async def main() -> None:
-        _, written = await _serve(implementation, handler, _splits(data, cuts), limit=4096)
+        _, written = await _serve(
+            implementation, handler, _splits(data, cuts), limit=4096, feed=feed
+        )
+        assert written == data
+
+    asyncio.run(main())
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=st.binary(min_size=1, max_size=3000),
+    cuts=cut_lists,
+    size=st.integers(min_value=1, max_value=700),
+)
+def test_sized_reads_of_buffered_reads_lose_and_repeat_nothing(
+    implementation: Implementation, data: bytes, cuts: list[int], size: int
+) -> None:
+    """The standard library's loop: a read larger than the waiting ``read(size)`` is cut
+    into pieces of ``size`` (the last one shorter) as it is copied out."""
+
+    async def handler(reader: StreamReader, writer: Any) -> list[int]:
+        lengths = []
+        while piece := await reader.read(size):
+            assert len(piece) <= size
+            lengths.append(len(piece))
+            writer.write(piece)
+        return lengths
+
+    async def main() -> None:
+        chunks = _splits(data, [cut * 5 for cut in cuts])
+        _lengths, written = await _serve(implementation, handler, chunks, feed="buffer")
+        assert written == data
+
+    asyncio.run(main())
+
+
+def test_a_buffered_read_is_cut_into_pieces_of_the_waiting_read(
+    implementation: Implementation,
+) -> None:
+    data = bytes(range(256)) * 4  # 1,024 bytes, one read; pieces of 300: 300, 300, 300, 124
+
+    async def handler(reader: StreamReader, writer: Any) -> list[int]:
+        lengths = []
+        while piece := await reader.read(300):
+            lengths.append(len(piece))
+            writer.write(piece)
+        return lengths
+
+    async def main() -> None:
+        lengths, written = await _serve(implementation, handler, [data], feed="buffer")
+        assert lengths == [300, 300, 300, 124]
         assert written == data
 
     asyncio.run(main())

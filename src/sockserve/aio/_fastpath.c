@@ -1,7 +1,7 @@
 /* The per-message path of an inline-driven async handler, compiled.
  *
  * What: StreamReader.data_received, InlineDriver.resume_parked, StreamReader.readline and
- * read(n), and StreamWriter.drain, for the one case that every ping-pong message takes:
+ * read(n), and StreamWriter.drain and write, for the one case that every ping-pong message takes:
  * the handler is parked in a read of its own, nothing is buffered, the chunk is exactly
  * what the read wants, the transport is neither paused nor closing. Every other case
  * calls the Python methods (streams.py, inline.py, writer.py; kept under *_slowly
@@ -44,10 +44,16 @@ static const char *const reader_slot_names[R_COUNT] = {
 };
 enum { L_MAX_LINE_LENGTH, L_EOF, L_COUNT };
 static const char *const lines_slot_names[L_COUNT] = {"max_line_length", "eof"};
-enum { F_READING_PAUSED, F_WRITING_PAUSED, F_COUNT };
-static const char *const flow_slot_names[F_COUNT] = {"is_reading_paused", "is_writing_paused"};
-enum { W_FLOW, W_TRANSPORT, W_READY, W_COUNT };
-static const char *const writer_slot_names[W_COUNT] = {"_flow", "_transport", "_ready"};
+enum {
+    F_READING_PAUSED, F_WRITING_PAUSED, F_TRANSPORT, F_PENDING_WRITES, F_PENDING_BYTES,
+    F_COLLECTING, F_COLLECT_LIMIT, F_COUNT
+};
+static const char *const flow_slot_names[F_COUNT] = {
+    "is_reading_paused", "is_writing_paused", "transport", "pending_writes", "pending_bytes",
+    "collecting", "collect_limit",
+};
+enum { W_FLOW, W_TRANSPORT, W_READY, W_READER, W_COUNT };
+static const char *const writer_slot_names[W_COUNT] = {"_flow", "_transport", "_ready", "_reader"};
 enum { D_PARKING, D_LOOP, D_TASK, D_CONTEXT, D_HANDLER, D_READER, D_COUNT };
 static const char *const driver_slot_names[D_COUNT] = {
     "_parking", "_loop", "_task", "_context", "_handler", "_reader",
@@ -73,6 +79,7 @@ typedef struct {
     PyObject *str_resume_slowly;  /* "_resume_parked_slowly" */
     PyObject *str_readline_slowly, *str_read_slowly, *str_drain_slowly, *str_give_up;
     PyObject *str_is_closing, *str_throw, *str_close;
+    PyObject *str_flush_writes, *str_write_slowly, *str_write, *str_flow, *str_pending_writes;
     PyObject *want_line, *want_some;  /* streams.py's _LINE and _SOME */
     PyObject *outcome_resume, *outcome_handoff, *outcome_returned, *outcome_raised;  /* inline.py's */
 } fastpath_state;
@@ -169,6 +176,73 @@ hand_to_task(PyObject *driver, PyObject *outcome, PyObject *payload)
         state.str_hand_to_task, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
+/* The end of a handler's step: ``flow = reader.flow; if flow.pending_writes:
+ * flow.flush_writes()`` (inline.py), with FlowControl.flush_writes' usual case, one
+ * collected write, done here. 0, or -1 with an exception set. */
+static int
+flush_writes(PyObject *reader)
+{
+    PyObject *flow = reader_flow(reader);
+    PyObject *pending = flow == NULL ? NULL : FLOW(flow, F_PENDING_WRITES);
+    PyObject *transport = flow == NULL ? NULL : FLOW(flow, F_TRANSPORT);
+    if (pending == NULL || !PyList_CheckExact(pending) || transport == NULL) {
+        /* not ours (a test double): as the Python code does it */
+        PyObject *other = PyObject_GetAttr(reader, state.str_flow);
+        if (other == NULL) {
+            return -1;
+        }
+        PyObject *writes = PyObject_GetAttr(other, state.str_pending_writes);
+        int any = writes == NULL ? -1 : PyObject_IsTrue(writes);
+        Py_XDECREF(writes);
+        PyObject *done = any <= 0 ? NULL : PyObject_CallMethodNoArgs(other, state.str_flush_writes);
+        Py_DECREF(other);
+        if (any < 0 || (any > 0 && done == NULL)) {
+            return -1;
+        }
+        Py_XDECREF(done);
+        return 0;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(pending);
+    if (count == 0) {
+        return 0;
+    }
+    if (count > 1) {
+        PyObject *done = PyObject_CallMethodNoArgs(flow, state.str_flush_writes);
+        Py_XDECREF(done);
+        return done == NULL ? -1 : 0;
+    }
+    /* flush_writes() for one write: pending_bytes = 0; data = pending.pop(); then
+     * transport.write(data) unless the transport is closing */
+    Py_INCREF(flow);
+    Py_INCREF(transport);
+    PyObject *data = Py_NewRef(PyList_GET_ITEM(pending, 0));
+    int failed = PyList_SetSlice(pending, 0, 1, NULL) < 0;
+    if (!failed) {
+        PyObject *zero = PyLong_FromLong(0);
+        failed = zero == NULL;
+        if (!failed) {
+            Py_XSETREF(FLOW(flow, F_PENDING_BYTES), zero);
+        }
+    }
+    if (!failed) {
+        PyObject *closing = PyObject_CallMethodNoArgs(transport, state.str_is_closing);
+        int is_closing = closing == NULL ? -1 : PyObject_IsTrue(closing);
+        Py_XDECREF(closing);
+        failed = is_closing < 0;
+        if (is_closing == 0) {
+            PyObject *args[2] = {transport, data};
+            PyObject *written = PyObject_VectorcallMethod(
+                state.str_write, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            failed = written == NULL;
+            Py_XDECREF(written);
+        }
+    }
+    Py_DECREF(data);
+    Py_DECREF(transport);
+    Py_DECREF(flow);
+    return failed ? -1 : 0;
+}
+
 /* InlineDriver.resume_parked: inline.py's steps, in its order. Anything out of the
  * ordinary (not parked yet, a slot unset) goes to the Python method. Every object taken
  * from a slot is held (a new reference) before any call that may run Python code, since
@@ -252,6 +326,15 @@ resume_parked(PyObject *driver)
     }
     PyObject *pending = result == NULL ? take_error() : NULL;  /* the hand-over's error */
     set_slot(reader, state.reader_slots[R_DRIVING], Py_False);
+    if (flush_writes(reader) < 0) {  /* the step's writes, sent together */
+        /* as an exception in Python's finally clause, whose own finally leaves the task */
+        Py_CLEAR(result);
+        PyObject *raised = take_error();
+        if (pending != NULL) {
+            PyException_SetContext(raised, pending);  /* steals pending */
+        }
+        pending = raised;
+    }
     PyObject *left = PyObject_Vectorcall(state.leave_task, pair, 2, NULL);
     if (left == NULL) {
         /* as an exception in Python's finally clause: it is what the method raises */
@@ -853,6 +936,45 @@ writer_drain(PyObject *self, PyObject *unused)
     return PyObject_CallMethodNoArgs(self, state.str_drain_slowly);
 }
 
+/* StreamWriter.write(data): writer.py's collecting case (a bytes object written while
+ * the handler's driver runs it), the rest in Python (_write_slowly). */
+static PyObject *
+writer_write(PyObject *self, PyObject *data)
+{
+    PyObject *flow = WRITER(self, W_FLOW);
+    PyObject *reader = WRITER(self, W_READER);
+    if (PyBytes_CheckExact(data) && flow != NULL && Py_IS_TYPE(flow, state.flow_type)
+        && FLOW(flow, F_COLLECTING) == Py_True && reader != NULL
+        && PyObject_TypeCheck(reader, state.reader_type)
+        && READER(reader, R_DRIVING) == Py_True) {
+        PyObject *pending = FLOW(flow, F_PENDING_WRITES);
+        Py_ssize_t collected = int_slot(FLOW(flow, F_PENDING_BYTES));
+        Py_ssize_t limit = int_slot(FLOW(flow, F_COLLECT_LIMIT));
+        if (pending != NULL && PyList_CheckExact(pending) && collected >= 0 && limit >= 0) {
+            Py_ssize_t size = PyBytes_GET_SIZE(data);
+            if (size == 0) {
+                Py_RETURN_NONE;
+            }
+            if (PyList_Append(pending, data) < 0) {
+                return NULL;
+            }
+            collected += size;
+            PyObject *total = PyLong_FromSsize_t(collected);
+            if (total == NULL) {
+                return NULL;
+            }
+            Py_XSETREF(FLOW(flow, F_PENDING_BYTES), total);
+            if (collected >= limit) {
+                return PyObject_CallMethodNoArgs(flow, state.str_flush_writes);
+            }
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *call[2] = {self, data};
+    return PyObject_VectorcallMethod(
+        state.str_write_slowly, call, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
 /* The offsets of ``names`` in ``cls``'s slots; -1 on error. */
 static int
 find_slots(PyTypeObject *cls, const char *const *names, Py_ssize_t *offsets, int count)
@@ -888,8 +1010,9 @@ static PyMethodDef method_defs[] = {
     {"read", (PyCFunction)(void (*)(void))reader_read, METH_FASTCALL | METH_KEYWORDS,
      "StreamReader.read(n=-1), compiled."},
     {"drain", (PyCFunction)writer_drain, METH_NOARGS, "StreamWriter.drain(), compiled."},
+    {"write", (PyCFunction)writer_write, METH_O, "StreamWriter.write(data), compiled."},
 };
-static const int method_classes[] = {0, 1, 0, 0, 2};
+static const int method_classes[] = {0, 1, 0, 0, 2, 2};
 #define METHOD_COUNT ((Py_ssize_t)(sizeof(method_defs) / sizeof(method_defs[0])))
 
 static PyObject *
@@ -951,6 +1074,11 @@ install(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     s.str_is_closing = intern("is_closing", &failed);
     s.str_throw = intern("throw", &failed);
     s.str_close = intern("close", &failed);
+    s.str_flush_writes = intern("flush_writes", &failed);
+    s.str_write_slowly = intern("_write_slowly", &failed);
+    s.str_write = intern("write", &failed);
+    s.str_flow = intern("flow", &failed);
+    s.str_pending_writes = intern("pending_writes", &failed);
     PyObject *result = failed ? NULL : PyTuple_New(METHOD_COUNT);
     PyTypeObject *classes[3] = {s.reader_type, s.driver_type, s.writer_type};
     for (Py_ssize_t i = 0; result != NULL && i < METHOD_COUNT; i++) {

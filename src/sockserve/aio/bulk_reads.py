@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "advance_held",
     "buffered",
+    "hold_pieces",
     "into_now",
     "put_back",
     "readexactly",
@@ -149,11 +150,28 @@ def take_held(reader: StreamReader, n: int) -> bytes:
 
 
 def advance_held(reader: StreamReader, end: int) -> None:
-    if end >= len(cast(bytes, reader._held)):
+    if end < len(cast(bytes, reader._held)):
+        reader._held_start = end
+    elif reader._held_next:
+        reader._held = reader._buffer = reader._held_next.pop(0)
+        reader._held_start = 0
+    else:
         reader._held = None
         reader._buffer = reader._lines.data
-    else:
-        reader._held_start = end
+
+
+def hold_pieces(reader: StreamReader, nbytes: int, size: int) -> None:
+    """The standard library's loop read ``nbytes`` into the shared receive buffer while a
+    ``read(size)`` waits, ``size < nbytes``: copy them out in pieces of ``size``, each one
+    what a ``read(size)`` returns as it is, hold them, and serve the read."""
+    view = reader._receive_view[:nbytes]
+    pieces = [view[start : start + size].tobytes() for start in range(0, nbytes, size)]
+    reader._held = reader._buffer = pieces[0]
+    reader._held_start = 0
+    reader._held_next = pieces[1:]
+    reader._serve_waiter()
+    if buffered(reader) > reader.flow.read_high_water:
+        reader.flow.pause_reading()
 
 
 def spill(reader: StreamReader) -> None:
@@ -167,13 +185,18 @@ def spill(reader: StreamReader) -> None:
             data += view[start:]
     else:
         data += held
+    for piece in reader._held_next:
+        data += piece
+    reader._held_next = []
 
 
 def buffered(reader: StreamReader) -> int:
     """How many bytes are buffered unread."""
     held = reader._held
     size = len(reader._lines.data)
-    return size if held is None else size + len(held) - reader._held_start
+    if held is None:
+        return size
+    return size + len(held) - reader._held_start + sum(map(len, reader._held_next))
 
 
 def put_back(reader: StreamReader, result: Any) -> None:

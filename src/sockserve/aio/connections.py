@@ -98,7 +98,7 @@ async def serve_stream(
     try:
         # verify()'s steps written out: one coroutine less per connection.
         verdict = server.verify_request(sock, client_address)
-        if inspect.isawaitable(verdict):
+        if verdict is not True and inspect.isawaitable(verdict):
             verdict = await verdict
         is_verified = bool(verdict)
     except Exception as exc:
@@ -178,7 +178,8 @@ async def serve_stream(
         _unwatch(watch, watched)
         if details:
             server._core.forget_details(request)
-        _measure(job, transport.get_extra_info("socket"))
+        if server._core.traffic is not None:
+            _measure(job, transport.get_extra_info("socket"))
         await close_stream(writer, reader, flush_seconds)
 
 
@@ -305,8 +306,11 @@ async def close_stream(
     abort if replies are still buffered. Cancelled while closing: abort. Either way the
     socket is closed when this returns.
     """
-    transport = writer.transport
-    closed = reader.flow.closed()
+    flow = reader.flow
+    # flow.transport, not writer.transport: that property also stops collecting writes
+    # (a call chain per connection), and the handler's last step has sent them already.
+    transport = flow.transport
+    closed = flow.closed()
     try:
         if not transport.is_closing():
             if not reader.is_eof_received and transport.can_write_eof():

@@ -1,7 +1,7 @@
 """The compiled per-message path of inline-driven handlers, chosen once, explicitly.
 
 ``_fastpath.c`` holds ``StreamReader.data_received``, ``readline``, ``read``,
-``InlineDriver.resume_parked`` and ``StreamWriter.drain`` for the one case every
+``InlineDriver.resume_parked``, ``StreamWriter.drain`` and ``write`` for the one case every
 ping-pong message takes (the handler parked in its own read, nothing buffered, the chunk
 exactly what the read wants); every other case runs the Python methods, which stay the
 reference. It is an optional build step (``setup.py``): with no C compiler the package
@@ -11,7 +11,7 @@ How it is switched on: ``select()`` picks an ``Implementation``, the three class
 connection is built from, and it is called in one place, at the bottom of this module
 (``IMPLEMENTATION``), which ``connections.py`` uses. The compiled implementation is a set
 of subclasses of the Python classes, made once per process by ``compiled()``, that
-override the five methods with the C ones; the Python classes (``streams.StreamReader``,
+override the six methods with the C ones; the Python classes (``streams.StreamReader``,
 ``writer.StreamWriter``, ``inline.InlineDriver``) are never changed, so both paths can
 run side by side (``tests/test_aio_both_paths.py``). The state both share is defined
 once, by the Python classes' ``__slots__``, which the C code reads by offset.
@@ -83,7 +83,7 @@ def compiled() -> Implementation | None:
         __slots__ = ()
 
     class CompiledStreamWriter(StreamWriter):
-        """``StreamWriter`` with ``drain`` compiled (``_fastpath.c``)."""
+        """``StreamWriter`` with ``drain`` and ``write`` compiled (``_fastpath.c``)."""
 
         __slots__ = ()
 
@@ -116,8 +116,9 @@ def compiled() -> Implementation | None:
             CompiledStreamReader,
             CompiledStreamReader,
             CompiledStreamWriter,
+            CompiledStreamWriter,
         ),
-        ("data_received", "resume_parked", "readline", "read", "drain"),
+        ("data_received", "resume_parked", "readline", "read", "drain", "write"),
         methods,
         strict=True,
     ):

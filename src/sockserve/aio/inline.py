@@ -24,6 +24,9 @@ What handlers can rely on, inline or not:
 * ``asyncio.current_task()`` is the connection's task (it is entered as the loop's
   current task around each inline resumption), so ``asyncio.timeout()``,
   ``asyncio.TaskGroup`` and the watchdog work unchanged;
+* what the handler writes during a step (``writer.write``) reaches the transport, in
+  order, when the step ends (the driver calls ``flow.flush_writes()``), so several
+  writes between two suspensions are sent together (``flow.py``);
 * context variables are the task's own (each resumption runs in the task's context);
 * cancelling the task (``shutdown()``, ``drain()`` at its deadline, ``asyncio.timeout``)
   cancels the read it waits in, and the cancellation is delivered by the task, in order:
@@ -100,7 +103,9 @@ class InlineDriver:
         self._payload: Any = None
 
     def __await__(self) -> Generator[Any, None, Any]:
-        task = asyncio.current_task()
+        # The reader's loop is the running one: naming it spares current_task() the
+        # get_running_loop() call, a getpid system call on 3.11, once per connection.
+        task = asyncio.current_task(self._reader._loop)
         if task is None:
             raise RuntimeError("InlineDriver must be awaited by a task")
         self._task = task
@@ -112,6 +117,7 @@ class InlineDriver:
         handler = self._handler
         reader = self._reader
         reader._driver = self
+        flow = reader.flow
         error: BaseException | None = None  # to throw into the handler when it resumes
         try:
             while True:
@@ -125,6 +131,8 @@ class InlineDriver:
                     return stop.value
                 finally:
                     reader._driving = False
+                    if flow.pending_writes:  # the step's writes, sent together
+                        flow.flush_writes()
                 if yielded is reader:  # parked in a read: resumed by the reader's callback
                     parking = self._park()
                     try:
@@ -216,7 +224,12 @@ class InlineDriver:
                 self._hand_to_task(_HANDOFF, yielded)
         finally:
             reader._driving = False
-            _leave_task(loop, task)  # type: ignore[arg-type]
+            try:
+                flow = reader.flow
+                if flow.pending_writes:  # the step's writes, sent together
+                    flow.flush_writes()
+            finally:
+                _leave_task(loop, task)  # type: ignore[arg-type]
 
     #: The method above, under the name the compiled fast path calls for the cases it
     #: does not take itself (``fastpath.py``'s compiled subclass overrides ``resume_parked``).
