@@ -20,6 +20,12 @@ CA, ECDSA P-256 by default, TLS 1.3):
   below): what that server costs without the mmap/munmap per TLS record that
   ``SSLObject.read(256 KiB)`` makes glibc do for a protocol that is not buffered.
 
+- ``--baseline-src DIR`` adds ``sockserve-async-baseline`` and
+  ``sockserve-pool-baseline``: the same servers from another checkout's ``src`` (with its
+  extension built), for a before/after in one interleaved run:
+  ``git archive <commit> src | tar -x -C /tmp/before`` (copy the built ``_fastpath*.so``
+  into ``/tmp/before/src/sockserve/aio/`` if ``_fastpath.c`` did not change).
+
 Workloads: ``echo`` keeps ``--connections`` TLS connections ping-ponging a 64-byte line;
 ``handshakes`` runs ``--handshakers`` clients that each connect, handshake, exchange one
 line and close, again and again. Printed: the rate, and the server's CPU time (user +
@@ -49,7 +55,12 @@ from pathlib import Path
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 SERVERS = ("sockserve-async", "uvloop-streams", "sockserve-pool", "stdlib")
 #: The comparisons the issue asks for: (sockserve's server, the baseline).
-RATIOS = (("sockserve-async", "uvloop-streams"), ("sockserve-pool", "stdlib"))
+RATIOS = (
+    ("sockserve-async", "uvloop-streams"),
+    ("sockserve-pool", "stdlib"),
+    ("sockserve-async-baseline", "uvloop-streams"),
+    ("sockserve-pool-baseline", "stdlib"),
+)
 #: glibc malloc settings for the client (and ``uvloop-streams-tuned``): 256 KiB blocks
 #: come from the heap (threshold 4 MiB), and the heap is not trimmed after each one.
 CLIENT_MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=8388608"
@@ -164,9 +175,13 @@ def run_one(
     """(rate per second, server CPU microseconds per unit) of one run."""
     env = dict(os.environ, PYTHONPATH=SRC)
     tuned_env = dict(env, GLIBC_TUNABLES=CLIENT_MALLOC_TUNABLES)
+    server_env = tuned_env if kind.endswith("-tuned") else env
+    if kind.endswith("-baseline"):
+        server_env = dict(env, PYTHONPATH=str(Path(args.baseline_src) / "src"))
+    server_kind = kind.removesuffix("-tuned").removesuffix("-baseline")
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, kind.removesuffix("-tuned"), files["cert"], files["key"]],
-        stdout=subprocess.PIPE, text=True, env=tuned_env if kind.endswith("-tuned") else env,
+        [sys.executable, "-c", SERVER, server_kind, files["cert"], files["key"]],
+        stdout=subprocess.PIPE, text=True, env=server_env,
     )  # fmt: skip
     try:
         assert server.stdout is not None
@@ -205,8 +220,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--handshakers", type=int, default=8)
     parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--baseline-src", help="a checkout to run as the *-baseline servers")
     args = parser.parse_args()
     servers = args.servers.split(",")
+    if args.baseline_src:
+        servers += [f"{kind}-baseline" for kind in ("sockserve-async", "sockserve-pool")]
     print("load average: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     with tempfile.TemporaryDirectory() as directory:
         files = make_certificates(directory)

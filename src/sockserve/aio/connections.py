@@ -87,9 +87,14 @@ class _TLSProtocol(asyncio.BufferedProtocol):
     )
 
     def __init__(self, reader: StreamReader) -> None:
+        # Stores written out, not a loop of setattr(): this runs once per connection.
         self.reader = reader
-        for name in self.__slots__[1:]:
-            setattr(self, name, getattr(reader, name))
+        self.connection_made = reader.connection_made  # type: ignore[method-assign]
+        self.connection_lost = reader.connection_lost  # type: ignore[method-assign]
+        self.get_buffer = reader.get_buffer  # type: ignore[method-assign]
+        self.buffer_updated = reader.buffer_updated  # type: ignore[method-assign]
+        self.pause_writing = reader.pause_writing  # type: ignore[method-assign]
+        self.resume_writing = reader.resume_writing  # type: ignore[method-assign]
 
     def eof_received(self) -> bool:
         self.reader.eof_received()
@@ -122,7 +127,7 @@ async def serve_stream(
     try:
         # verify()'s steps written out: one coroutine less per connection.
         verdict = server.verify_request(sock, client_address)
-        if inspect.isawaitable(verdict):
+        if verdict is not True and inspect.isawaitable(verdict):
             verdict = await verdict
         is_verified = bool(verdict)
     except Exception as exc:
