@@ -149,7 +149,7 @@ async def serve_stream(
         if holder is None:
             transport, _ = await loop.connect_accepted_socket(lambda: reader, sock)
         else:
-            transport = await start_tls(server, reader, sock, holder.context)
+            transport = await start_tls(server, reader, sock, holder.context, loop)
     except TLSHandshakeError as exc:
         server._core.note_refusal(exc.reason, client_address, str(exc))
         sock.close()
@@ -212,7 +212,11 @@ async def serve_stream(
 
 
 async def start_tls(
-    server: Any, reader: Any, sock: socket.socket, context: ssl.SSLContext
+    server: Any,
+    reader: Any,
+    sock: socket.socket,
+    context: ssl.SSLContext,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> asyncio.Transport:
     """The event loop's TLS on an accepted socket: the transport once the handshake is done.
 
@@ -221,9 +225,11 @@ async def start_tls(
     ``TLSHandshakeError`` with the reason the synchronous modes count, mapped from what
     asyncio and uvloop raise: ``ssl.SSLError`` (OpenSSL's reason), ``ConnectionError``
     (the client went away), a timeout (asyncio: ``ConnectionAbortedError`` or
-    ``TimeoutError``, uvloop: ``TimeoutError``).
+    ``TimeoutError``, uvloop: ``TimeoutError``). ``loop``: the running loop, if the
+    caller has it (as for ``serve_stream``).
     """
-    loop = asyncio.get_running_loop()
+    if loop is None:
+        loop = asyncio.get_running_loop()
     timeout = float(server.handshake_timeout)
     try:
         transport, _ = await loop.connect_accepted_socket(
