@@ -13,6 +13,10 @@ the server sees the same sequence of reads every run:
 
     python bench/tls_instructions.py [--servers sockserve-async,uvloop-streams]
                                      [--messages 2000] [--handshakes 100]
+                                     [--baseline-src DIR]
+
+``--baseline-src DIR`` adds ``sockserve-async-baseline``: the server from another
+checkout's ``src`` (see ``tls_quick.py``).
 
 Slow (valgrind runs the server about 50 times slower): a minute or two per server.
 """
@@ -83,10 +87,12 @@ def instructions(
         out = Path(directory) / "callgrind.out"
         command = [
             "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-            "--dump-line=no", "--compress-strings=no",
-            sys.executable, "-c", SERVER, kind, files["cert"], files["key"],
+            "--dump-line=no", "--compress-strings=no", sys.executable, "-c", SERVER,
+            kind.removesuffix("-baseline"), files["cert"], files["key"],
         ]  # fmt: skip
         env = dict(os.environ, PYTHONPATH=SRC)
+        if kind.endswith("-baseline"):
+            env["PYTHONPATH"] = str(Path(args.baseline_src) / "src")
         server = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
         )
@@ -110,17 +116,21 @@ def main() -> None:
     parser.add_argument("--handshakes", type=int, default=100)
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--workloads", default="echo,handshakes")
+    parser.add_argument("--baseline-src", help="a checkout to run as sockserve-async-baseline")
     args = parser.parse_args()
+    servers = args.servers.split(",")
+    if args.baseline_src:
+        servers.append("sockserve-async-baseline")
     with tempfile.TemporaryDirectory() as directory:
         files = make_certificates(directory)
         for workload in args.workloads.split(","):
             full = args.messages if workload == "echo" else args.handshakes
             unit = "msg" if workload == "echo" else "handshake"
-            for kind in args.servers.split(","):
+            for kind in servers:
                 small = instructions(kind, workload, full // 5, args, files)
                 large = instructions(kind, workload, full, args, files)
                 per_unit = (large - small) / (full - full // 5)
-                print(f"{workload:10} {kind:16} {per_unit:12,.0f} instructions/{unit}", flush=True)
+                print(f"{workload:10} {kind:24} {per_unit:12,.0f} instructions/{unit}", flush=True)
 
 
 if __name__ == "__main__":

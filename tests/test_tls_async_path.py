@@ -11,10 +11,12 @@ the per-message path kept.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import socket
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import pytest
 import trustme
 
 import sockserve
+from sockserve.aio import StreamReader
 from sockserve.aio.fastpath import IMPLEMENTATION
 from sockserve.aio.streams import RECEIVE_CHUNK_BYTES
 from sockserve.testing import serve_in_thread
@@ -123,3 +126,41 @@ def test_tls_reads_through_the_receive_buffer(
     assert server.stats().handler_errors == 0
     assert server.stats().rejected == {}
     assert not [r for r in caplog.records if "eof_received" in r.getMessage()]
+
+
+def live_readers() -> int:
+    """Readers still allocated (the reader has no ``__weakref__`` slot to watch it by)."""
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, StreamReader))
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_closed_tls_connection_is_freed_without_the_garbage_collector(
+    loop: str, contexts: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    # uvloop keeps the reader's bound methods after the connection is lost: without
+    # the cycle broken, each closed connection waited for the collector.
+    server_ctx, client_ctx = contexts
+    server = sockserve.AsyncTCPServer(
+        ("127.0.0.1", 0), Probe, ssl_context=server_ctx, event_loop=loop
+    )
+    gc.collect()
+    gc.disable()
+    try:
+        before = live_readers()
+        with serve_in_thread(server):
+            for _ in range(5):
+                raw = socket.create_connection(server.server_address, timeout=TIMEOUT)
+                with client_ctx.wrap_socket(raw, server_hostname=HOSTNAME) as conn:
+                    pending = bytearray()
+                    read_line(conn, pending)  # the facts line
+                    conn.sendall(b"lines 1\nping\n")
+                    assert read_line(conn, pending) == b"ping\n"
+            # Each request is counted once its task has closed its connection (a stop
+            # would cut the last one short instead).
+            deadline = time.monotonic() + TIMEOUT
+            while server.stats().finished < 5:
+                assert time.monotonic() < deadline, server.stats()
+                time.sleep(0.01)  # polling a counter, bounded: no event announces it
+        assert live_readers() == before
+    finally:
+        gc.enable()
