@@ -63,10 +63,12 @@ class _TLSProtocol(asyncio.BufferedProtocol):
     Why not the reader itself: uvloop's ``SSLProtocol`` hands decrypted bytes to a
     protocol that is an ``asyncio.Protocol`` (the reader is both kinds, for the plain
     transports) with ``SSLObject.read(256 KiB)``, a fresh 256 KiB bytes object per
-    record: glibc serves it with mmap, mremap and munmap, three system calls and a page
-    fault per message (strace; a quarter of the server's CPU per TLS echo). To a
-    protocol that is only a ``BufferedProtocol`` it decrypts into ``get_buffer()``, the
-    server's shared receive buffer, as the stdlib loop's TLS does anyway.
+    record: glibc serves it with mmap, mremap and munmap, three system calls, page
+    faults and TLB flushes per message (strace, perf): two thirds of the server's CPU
+    per TLS echo (``bench/tls_quick.py``: 27-32 µs a message before, 9-11 µs after).
+    To a protocol that is only a ``BufferedProtocol`` it decrypts into
+    ``get_buffer()``, the server's shared receive buffer, as the stdlib loop's TLS does
+    anyway.
 
     The attributes are the reader's bound methods, so the transport calls them with no
     layer in between; only ``eof_received`` is this class's: a TLS stream cannot be
