@@ -40,6 +40,7 @@ the servers run untuned.
 
     python bench/tls_quick.py [--seconds 3] [--rounds 3] [--connections 50]
                               [--handshakers 8] [--servers sockserve-async,...]
+                              [--workloads echo,handshakes] [--baseline-src DIR]
 """
 
 from __future__ import annotations
@@ -220,15 +221,17 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--handshakers", type=int, default=8)
     parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--workloads", default="echo,handshakes")
     parser.add_argument("--baseline-src", help="a checkout to run as the *-baseline servers")
     args = parser.parse_args()
     servers = args.servers.split(",")
     if args.baseline_src:
-        servers += [f"{kind}-baseline" for kind in ("sockserve-async", "sockserve-pool")]
+        servers += [f"{kind}-baseline" for kind in servers if kind.startswith("sockserve")]
     print("load average: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     with tempfile.TemporaryDirectory() as directory:
         files = make_certificates(directory)
-        for workload, unit in (("echo", "msg"), ("handshakes", "handshake")):
+        for workload in args.workloads.split(","):
+            unit = "msg" if workload == "echo" else "handshake"
             results: dict[str, list[tuple[float, float]]] = {kind: [] for kind in servers}
             for _ in range(args.rounds):
                 for kind in servers:  # interleaved: a slow moment hits every server alike
