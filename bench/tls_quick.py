@@ -23,8 +23,8 @@ CA, ECDSA P-256 by default, TLS 1.3):
 - ``--baseline-src DIR`` adds ``sockserve-async-baseline`` and
   ``sockserve-pool-baseline``: the same servers from another checkout's ``src`` (with its
   extension built), for a before/after in one interleaved run:
-  ``git archive <commit> src | tar -x -C /tmp/before`` (copy the built ``_fastpath*.so``
-  into ``/tmp/before/src/sockserve/aio/`` if ``_fastpath.c`` did not change).
+  ``git archive <commit> src | tar -x -C DIR`` (copy the built ``_fastpath*.so`` into
+  ``DIR/src/sockserve/aio/`` if ``_fastpath.c`` did not change).
 
 Workloads: ``echo`` keeps ``--connections`` TLS connections ping-ponging a 64-byte line;
 ``handshakes`` runs ``--handshakers`` clients that each connect, handshake, exchange one
