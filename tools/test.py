@@ -45,6 +45,7 @@ PURE_PYTHON_TESTS = [
     "tests/test_aio_fastpath.py",
     "tests/test_aio_both_paths.py",
     "tests/test_aio_bulk.py",
+    "tests/test_tls_async_path.py",
 ]
 #: What a venv is rebuilt for when it changes (the C file: its extension is built there).
 INSTALL_INPUTS = ("pyproject.toml", "setup.py", "src/sockserve/aio/_fastpath.c")

@@ -107,7 +107,8 @@ class FlowControl:
     def pause_reading(self) -> None:
         if not self.is_reading_paused:
             self.is_reading_paused = True
-            self.transport.pause_reading()
+            if not self.is_connection_lost:  # (a lost TLS connection's transport is gone)
+                self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         self.is_reading_paused = False
