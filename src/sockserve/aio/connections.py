@@ -357,7 +357,9 @@ async def close_stream(
     flow = reader.flow
     # flow.transport, not writer.transport: that property also stops collecting writes
     # (a call chain per connection), and the handler's last step has sent them already.
-    transport = flow.transport
+    # A TLS connection the client closed first has dropped its flow's link already
+    # (_TLSProtocol.connection_lost): then the writer's is the one left.
+    transport = flow.transport if flow.transport is not None else writer._transport
     closed = flow.closed()
     try:
         if not transport.is_closing():

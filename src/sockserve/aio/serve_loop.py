@@ -329,7 +329,13 @@ class AsyncServeLoop:
     def _request_done(self, task: asyncio.Task[None]) -> None:
         job = self._requests.pop(task, None)
         if not task.cancelled():
-            task.exception()  # retrieved: SystemExit and the like already left the loop
+            # serve_stream/serve_datagram report what handlers and peers do themselves;
+            # an exception reaching here is sockserve's own fault: say so, loudly, once
+            # (SystemExit and the like left the loop already).
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                where = format_address(job.client_address) if job is not None else "?"
+                log.error("internal error serving %s", where, exc_info=exc)
         elif job is not None:
             job.ticket.was_aborted = True  # shutdown() or a drain's deadline cancelled it
         if job is not None:
