@@ -106,14 +106,15 @@ class BatchedAppender:
 
     def _wake_flusher(self) -> None:
         if self._flusher is None:
-            if self._is_closed:
-                with self._lock:
+            with self._lock:  # two threads may both have added a first line
+                if self._is_closed:
                     self._pending.clear()  # nowhere to write: drop, do not grow
-                return
-            self._flusher = threading.Thread(
-                target=self._flush_periodically, name="sockserve-access-log", daemon=True
-            )
-            self._flusher.start()
+                    return
+                if self._flusher is None:
+                    self._flusher = threading.Thread(
+                        target=self._flush_periodically, name="sockserve-access-log", daemon=True
+                    )
+                    self._flusher.start()
         self._has_pending.set()
 
     def _flush_periodically(self) -> None:
