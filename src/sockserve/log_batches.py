@@ -76,10 +76,10 @@ class BatchedAppender:
         self._chunk_bytes = _chunk_bytes_for(self._fd)
         self._wants_reopen = False
         self._is_closed = False
-        self._reset_after_fork()
+        self._reset_state()
         _LIVE.add(self)
 
-    def _reset_after_fork(self) -> None:
+    def _reset_state(self) -> None:
         self._lock = threading.Lock()  # guards _pending
         self._write_lock = threading.Lock()  # orders writes and reopens
         self._pending: list[tuple[Any, ...]] = []
@@ -225,7 +225,7 @@ def flush_all() -> None:
 
 def _after_fork_in_child() -> None:
     for appender in list(_LIVE):
-        appender._reset_after_fork()
+        appender._reset_state()
 
 
 atexit.register(flush_all)
