@@ -225,3 +225,26 @@ def test_standard_output_is_written_and_left_open() -> None:
     assert first.split(" ")[0] == "-"
     assert first.split(" ")[3] == "refused:denied"
     assert second == "still open"
+
+
+def test_a_failing_render_loses_its_batch_not_the_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "broken.log"
+    broken = True
+
+    def fragile_render(records: Sequence[tuple[Any, ...]]) -> str:
+        if broken:
+            raise ValueError("the test's broken formatter")
+        return render(records)
+
+    appender = BatchedAppender(fragile_render, path=str(path))
+    try:
+        for n in range(FLUSH_RECORDS):  # the full batch is written by this thread: no raise
+            appender.add((n,))
+        broken = False
+        appender.add(("after",))
+    finally:
+        appender.close()
+    assert lines_of(path) == ["after"]
+    assert "access log lines failed" in caplog.text

@@ -37,6 +37,7 @@ pre-fork worker) starts its own flusher with its first one.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import select
 import stat
@@ -45,6 +46,8 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
+
+log = logging.getLogger("sockserve.access_log")
 
 #: Longest a line waits for its write: ``tail -f`` shows it within a fifth of a second,
 #: and a crash loses at most this much. The flusher costs one wake-up per interval in
@@ -136,7 +139,11 @@ class BatchedAppender:
 
     def _write(self, records: Sequence[tuple[Any, ...]]) -> None:
         with self._write_lock:  # one batch at a time: render may keep caches
-            data = self._render(records).encode("utf-8", "backslashreplace")
+            try:
+                data = self._render(records).encode("utf-8", "backslashreplace")
+            except Exception:  # a bug of ours: no reason to fail a connection or the flusher
+                log.exception("formatting %d access log lines failed; they are lost", len(records))
+                return
             try:
                 for chunk in chunks_of_lines(data, self._chunk_bytes):
                     os.write(self._fd, chunk)
