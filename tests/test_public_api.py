@@ -508,7 +508,7 @@ def test_active_children_before_and_after_a_fork() -> None:
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "addresses", "metrics", "episodes", "policy"),
     ("listeners", "listener_stop", "sockets", "systemd", "tcp_info"),
-    ("access_log",),
+    ("log_batches", "access_log"),
     # Who the peer really is and what its first bytes say: pure decisions and parsers.
     (
         "access",

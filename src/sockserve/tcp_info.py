@@ -67,6 +67,8 @@ def read_traffic(sock: Any) -> tuple[int | None, int | None]:
     acked, received = _TWO_COUNTERS.unpack_from(info, BYTES_ACKED_OFFSET)
     state = info[0]
     if state != _ESTABLISHED:
-        received -= state in _PEER_FIN_RECEIVED
-        acked -= state in _OUR_FIN_ACKED
-    return max(received, 0), max(acked, 0)
+        if received and state in _PEER_FIN_RECEIVED:
+            received -= 1
+        if acked and state in _OUR_FIN_ACKED:
+            acked -= 1
+    return received, acked

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, NoReturn
 
+from ..log_batches import flush_all
+
 log = logging.getLogger("sockserve.prefork")
 
 #: The worker served and stopped as asked.
@@ -105,6 +107,7 @@ def run_worker(
     try:
         code = Worker(server, link).run(boot, serve, after_loop, poll_interval)
     finally:
+        flush_all()  # the access log's pending lines: os._exit skips atexit
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

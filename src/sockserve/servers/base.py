@@ -394,8 +394,16 @@ class BaseServer:
         self._core.claim(self, request, client_address).run()
 
     def server_close(self) -> None:
-        """Release the server's resources."""
+        """Release the server's resources; write the access log's pending lines."""
         self._stop_connection_watch()
+        self._flush_access_log()
+
+    def _flush_access_log(self) -> None:
+        """Write the access log's pending lines (``log_batches.py``): the server closes,
+        and a pre-fork worker leaves with ``os._exit`` soon after."""
+        traffic = self._core.traffic
+        if traffic is not None and traffic.access_log is not None:
+            traffic.access_log.flush()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """Run the handler on the request."""

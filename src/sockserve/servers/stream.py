@@ -164,6 +164,7 @@ class TCPServer(BaseServer):
     def server_close(self) -> None:
         """Close the listening socket (and remove the Unix socket file we created)."""
         self._stop_connection_watch()
+        self._flush_access_log()
         self.socket.close()
         self._remove_unix_path()
 

@@ -32,6 +32,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -48,12 +49,15 @@ Cut = Callable[[SlowPeerError], None]
 class WatchedConnection:
     """One connection in a ``ConnectionWatch``: its socket, its cut and its verdict."""
 
-    __slots__ = ("sock", "cut", "verdict", "breach")
+    __slots__ = ("sock", "cut", "started", "verdict", "breach")
 
-    def __init__(self, sock: Any, cut: Cut, verdict: ConnectionVerdict) -> None:
+    def __init__(self, sock: Any, cut: Cut, started: float) -> None:
         self.sock = sock
         self.cut = cut
-        self.verdict = verdict
+        self.started = started
+        #: Made at the connection's first sweep: most connections end before one comes,
+        #: and this is the per-connection cost of the limits (``sweep``).
+        self.verdict: ConnectionVerdict | None = None
         self.breach: SlowPeerError | None = None
 
 
@@ -79,20 +83,18 @@ class ConnectionWatch:
         self._watched: dict[int, WatchedConnection] = {}
         self._is_sweeping = False
         self._is_closed = False
-        self._pid = os.getpid()
         self._needs_counters = limits.needs_counters
+        _LIVE.add(self)
 
     def add(self, sock: Any, cut: Cut) -> WatchedConnection:
         """Watch ``sock`` from now on; ``cut`` ends it if it breaks a limit."""
-        if self._pid != os.getpid():
-            self._start_afresh()
-        watched = WatchedConnection(sock, cut, ConnectionVerdict(self.limits, self._clock()))
+        watched = WatchedConnection(sock, cut, self._clock())
         with self._lock:
             self._watched[id(watched)] = watched
-            start = not self._is_sweeping and not self._is_closed
-            self._is_sweeping = self._is_sweeping or start
-        if start:
-            self._start_sweeper(self)
+            if self._is_sweeping or self._is_closed:
+                return watched
+            self._is_sweeping = True
+        self._start_sweeper(self)
         return watched
 
     def remove(self, watched: WatchedConnection) -> SlowPeerError | None:
@@ -111,8 +113,11 @@ class ConnectionWatch:
             for watched in list(self._watched.values()):
                 if watched.breach is not None:
                     continue  # cut already; its handler has yet to notice
+                verdict = watched.verdict
+                if verdict is None:
+                    verdict = watched.verdict = ConnectionVerdict(self.limits, watched.started)
                 counters = read_tcp_counters(watched.sock) if self._needs_counters else None
-                breach = watched.verdict.judge(now, counters)
+                breach = verdict.judge(now, counters)
                 if breach is not None:
                     watched.breach = breach
                     try:
@@ -139,7 +144,20 @@ class ConnectionWatch:
         self._lock = threading.Lock()
         self._watched = {}
         self._is_sweeping = False
-        self._pid = os.getpid()
+
+
+#: Every watch alive in this process, for the fork hook below.
+_LIVE: weakref.WeakSet[ConnectionWatch] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for watch in list(_LIVE):
+        watch._start_afresh()
+
+
+# A forked child starts every watch afresh (``_start_afresh``); a hook rather than a
+# getpid() in ``add``, which is a system call on every connection.
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def shutdown_both(sock: Any, breach: SlowPeerError | None = None) -> None:

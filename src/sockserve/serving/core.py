@@ -44,6 +44,7 @@ from ..admission.preludes import Prelude, prelude_order
 from ..episodes import EpisodeLog
 from ..listeners import CAPACITY_ACCEPT_ERRNOS, TRANSIENT_ACCEPT_ERRNOS, AcceptBackoff
 from ..metrics import ServerStats
+from ..tcp_info import read_traffic
 from .connection_watch import ConnectionWatch
 from .job import HANDLER_ERROR, SERVED, RequestJob
 from .traffic import TrafficRecorder, measure
@@ -291,7 +292,9 @@ class ServingCore:
             return
         ticket = self._tickets.pop(id(request), None)
         if ticket is not None and ticket.request is request:
-            ticket.bytes_in, ticket.bytes_out = measure(request)
+            # A connection's socket, as a rule; a datagram request is a tuple.
+            bytes_carried = measure(request) if type(request) is tuple else read_traffic(request)
+            ticket.bytes_in, ticket.bytes_out = bytes_carried
 
     # -- outcomes --------------------------------------------------------------------------
 

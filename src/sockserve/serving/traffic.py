@@ -55,8 +55,8 @@ class TrafficRecorder:
                 self.bytes_out += bytes_out
         if self.access_log is not None:
             outcome = ABORTED if ticket.was_aborted else ticket.outcome or SERVED
-            self.access_log.connection_ended(
-                ticket.client_address, outcome, duration, bytes_in, bytes_out
+            self.access_log.add_record(
+                (time.time(), ticket.client_address, outcome, None, duration, bytes_in, bytes_out)
             )
 
     def refused(self, request: Any, client_address: Any, reason: str) -> None:
