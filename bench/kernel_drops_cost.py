@@ -1,6 +1,6 @@
 """What reporting the kernel's UDP drops would cost per datagram, by method.
 
-Usage: ``python3 -m bench.kernel_drops_cost [--datagrams N] [--rounds R]``
+Usage: ``python3 -m bench.kernel_drops_cost [--datagrams N] [--rounds R] [--echo N]``
 
 Two honest ways to learn how many datagrams Linux dropped on a server socket because
 its receive queue was full (both read the same counter, ``sk_drops``):
@@ -22,7 +22,17 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
+import struct
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sockserve
+from sockserve.servers import datagram
+from sockserve.testing import serve_in_thread
 
 #: ``SO_RXQ_OVFL`` from Linux's asm-generic/socket.h (Python does not export it).
 SO_RXQ_OVFL = 40
@@ -60,10 +70,75 @@ def read_all(receiver: socket.socket, count: int, ancillary: int) -> float:
     return time.perf_counter() - started
 
 
+#: The client of the echo measurement, in its own process (no GIL shared with the server).
+ECHO_CLIENT = """
+import socket, sys, time
+count, port = int(sys.argv[1]), int(sys.argv[2])
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock.settimeout(5)
+    started = time.perf_counter()
+    for _ in range(count):
+        sock.sendto(b"x" * 64, ("127.0.0.1", port))
+        sock.recv(100)
+    print(count / (time.perf_counter() - started))
+"""
+
+
+class Echo(sockserve.DatagramRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.read())
+
+
+def receive_with_overflow_count(sock: socket.socket, max_size: int) -> tuple[bytes, Any, bool]:
+    """``sockets.receive_datagram`` as it would be with ``SO_RXQ_OVFL``: ancillary data
+    asked for and parsed on every datagram."""
+    data, messages, flags, address = sock.recvmsg(
+        max_size, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT
+    )
+    for level, kind, value in messages:
+        if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL:
+            struct.unpack("I", value)
+    return data, address, bool(flags & socket.MSG_TRUNC)
+
+
+@contextmanager
+def receive_path(counted: bool, server: Any) -> Iterator[None]:
+    shipped = datagram.receive_datagram
+    if counted:
+        server.socket.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        datagram.receive_datagram = receive_with_overflow_count  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        datagram.receive_datagram = shipped  # type: ignore[assignment]
+        server.socket.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 0)
+
+
+def echo_rates(count: int, rounds: int) -> dict[str, list[float]]:
+    rates: dict[str, list[float]] = {"as shipped": [], "SO_RXQ_OVFL": []}
+    with serve_in_thread(sockserve.UDPServer(("127.0.0.1", 0), Echo)) as server:
+        port = server.server_address[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            overflow(server.socket, sender)  # as in the loop above: the count is not 0
+        for _ in range(rounds):
+            for name, counted in (("as shipped", False), ("SO_RXQ_OVFL", True)):
+                with receive_path(counted, server):
+                    out = subprocess.run(
+                        [sys.executable, "-c", ECHO_CLIENT, str(count), str(port)],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                        timeout=120,
+                    )
+                rates[name].append(float(out.stdout))
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--datagrams", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--echo", type=int, default=0, help="echoes per round (0: skip)")
     args = parser.parse_args()
     results: dict[str, list[float]] = {"plain recvmsg": [], "SO_RXQ_OVFL recvmsg": []}
     with (
@@ -94,6 +169,13 @@ def main() -> None:
         median = statistics.median(times)
         print(f"{name:22s} {median * 1e9:7.0f} ns/datagram ({(median / base - 1) * 100:+.1f}%)")
     print(f"{'getsockopt(SO_MEMINFO)':22s} {meminfo * 1e9:7.0f} ns/call (once per stats())")
+    if args.echo:
+        rates = echo_rates(args.echo, max(3, args.rounds // 3))
+        shipped = statistics.median(rates["as shipped"])
+        for name, values in rates.items():
+            median = statistics.median(values)
+            change = (median / shipped - 1) * 100
+            print(f"UDPServer echo, {name:11s} {median:8.0f}/s ({change:+.1f}%)")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import itertools
 import os
 import random
 import select
+import shutil
 import struct
 import subprocess
 import threading
@@ -110,6 +111,9 @@ def unavailable() -> str | None:
         return "no /dev/net/tun (TUN devices are not available)"
     if not os.path.exists("/proc/self/ns/net"):
         return "this kernel has no network namespaces"
+    for tool in ("ip", "nsenter"):  # iproute2, util-linux
+        if shutil.which(tool) is None:
+            return f"no {tool} command to configure the namespaces"
     return None
 
 

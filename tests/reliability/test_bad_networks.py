@@ -65,6 +65,9 @@ IDLE_TIMEOUT = 0.8
 #: end: the FIN's trip (20 ms) or, if it is lost, its retransmission (RTO >= 200 ms) on a
 #: shared, loaded machine.
 CUT_SLACK = 1.0
+#: How early the cut may be seen: the kernel's idle clock (tcpi_last_data_recv) counts in
+#: jiffies (4 ms at HZ=250), and the byte and the FIN may both skip the delay.
+CUT_EARLY = 0.05
 STREAM_CLIENTS = 3
 STREAM_REQUESTS = 4
 DATAGRAM_CLIENTS = 3
@@ -88,7 +91,12 @@ def bad_network() -> Iterator[BadNetwork]:
     if reason is not None:
         print(f"\nbad networks skipped: {reason}")
         pytest.skip(reason)
-    with BadNetwork(IMPAIRMENT) as network:
+    try:
+        network = BadNetwork(IMPAIRMENT)
+    except PermissionError as exc:  # root without CAP_SYS_ADMIN / CAP_NET_ADMIN (a container)
+        print(f"\nbad networks skipped: cannot make namespaces here: {exc}")
+        pytest.skip(f"cannot make network namespaces here: {exc}")
+    with network:
         yield network
 
 
@@ -223,7 +231,7 @@ def test_clients_complete_and_timeouts_fire(bad_network: BadNetwork) -> None:
         if kind.is_stream:
             cut = result["cut_after"]
             text += f"; silent client cut after {cut:.2f} s (idle_timeout {IDLE_TIMEOUT} s)"
-            if not IDLE_TIMEOUT <= cut <= IDLE_TIMEOUT + sweep + CUT_SLACK:
+            if not IDLE_TIMEOUT - CUT_EARLY <= cut <= IDLE_TIMEOUT + sweep + CUT_SLACK:
                 failures.append(f"{result['mode']}: silent client cut after {cut:.2f} s")
         else:
             text += f"; {result['retries']} retries"
