@@ -6,9 +6,11 @@ Each case of ``tests/reliability`` records its figure (``tests/reliability/figur
 this runs the battery with a figures file, then prints a Markdown table of them, with
 the pytest outcome line, the wall time and the machine's load average around the run
 (the machine is often shared: times are read against it). ``--write`` also stores the
-table in ``docs/reliability.md``, after a description of the cases (``CASES``) and the
-command that made it. ``--soak`` (a pytest option) runs every case at full size and
-the RSS soak in every mode: tens of minutes.
+table in ``docs/reliability.md``, after a description of the cases (``CASES``), in a
+section headed by the command that made it (replacing that command's last one, keeping
+the other commands': the CI-size table and, say, ``--write --soak -k soak``'s).
+``--soak`` (a pytest option) runs every case at full size and the RSS soak in every
+mode: tens of minutes.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def main(argv: list[str]) -> int:
     if run.returncode != 0:
         print(run.stdout[-4000:], file=sys.stderr)
     if write:
-        REPORT.write_text(document(table, pytest_args))
+        previous = REPORT.read_text() if REPORT.exists() else ""
+        REPORT.write_text(document(table, pytest_args, previous))
     return run.returncode
 
 
@@ -107,17 +110,31 @@ def render(
     return "\n".join(lines)
 
 
-def document(table: str, args: list[str]) -> str:
+#: Each run's section in the document starts with this, then its command.
+SECTION_MARK = "\n## Made with `"
+#: The CI-size run's command, whose section comes first.
+DEFAULT_COMMAND = "python3 tools/reliability_report.py --write"
+
+
+def document(table: str, args: list[str], previous: str = "") -> str:
+    """The document: the cases, then one section per command that wrote to it (this
+    run's replaces the one of the same command; the CI-size run's comes first)."""
     command = " ".join(["python3 tools/reliability_report.py --write", *args])
     cases = "\n".join(f"- *{name}*: {text}." for name, text in CASES.items())
+    sections = {command: f"{SECTION_MARK}{command}`\n\n{table}\n"}
+    for part in previous.split(SECTION_MARK)[1:]:
+        other = part.split("`", 1)[0]
+        sections.setdefault(other, SECTION_MARK + part.rstrip("\n") + "\n")
+    ordered = sorted(sections.items(), key=lambda item: (item[0] != DEFAULT_COMMAND, item[0]))
     return (
         "# Reliability report\n\n"
         "The fault battery (`tests/reliability/`, see its `__init__.py`) run in every mode; "
         "each row is one case in one mode with the figure it measured. The cases:\n\n"
         f"{cases}\n\n"
         "`python3 tools/test.py --soak` (or `python3 -m pytest tests/reliability --soak`) "
-        "runs every case at full size and the soak in every mode. This report was made "
-        f"with:\n\n```\n{command}\n```\n\n{table}\n"
+        "runs every case at full size and the soak in every mode. Each section below is "
+        "the last run of the command that heads it (`--write` replaces its own section and "
+        "keeps the others).\n" + "".join(text for _, text in ordered)
     )
 
 
