@@ -4,8 +4,9 @@ complete and timeouts fire as configured.
 The servers listen in a network namespace of their own and the clients connect from
 another; between them every IP packet is delayed ``IMPAIRMENT.delay`` +- jitter, lost
 or sent ahead of the queue (``bad_network.py``: the test makes and removes both
-namespaces itself, and the wire is in this process). Every TCP and UDP mode runs at
-once, each with its own server, so the case costs about one mode's time:
+namespaces itself, and the wire is in this process). The TCP and UDP modes run at once
+(in two groups, see ``FORKING_MODES``), each with its own server, so the case costs
+about two modes' time:
 
 - TCP modes: first a silent client (one byte of a request, then nothing) must be cut
   by the server's ``idle_timeout`` at its configured time (within the sweep interval
@@ -80,6 +81,12 @@ MAX_TRIES = 20
 CASE_TIMEOUT = 45.0
 CASE = "bad_networks/clients_complete_and_timeouts_fire"
 
+#: Modes whose servers fork in this process. They run at once among themselves, then the
+#: others at once: forks in some threads while asyncio and uvloop servers run in others
+#: made CPython 3.11 report "release unlocked lock" from concurrent.futures' at-fork
+#: hook in 3 runs of 14 under load (an unraisable error in the parent after os.fork());
+#: either group alone, 0 in 12 each. No case runs such a mix elsewhere.
+FORKING_MODES = ("forking", "prefork")
 NETWORK_MODES = [
     param for param in ALL_MODES if not param.values[0].is_unix
 ]  # TCP and UDP: what a network carries
@@ -209,18 +216,21 @@ def serve_mode(network: BadNetwork, kind: Kind, loop: str | None, seed: int) -> 
 def test_clients_complete_and_timeouts_fire(bad_network: BadNetwork) -> None:
     modes = [(param.values[0], param.values[1]) for param in NETWORK_MODES]
     started = time.monotonic()
-    results = run_concurrently(
-        [
-            partial(serve_mode, bad_network, kind, loop, 1000 * index)
-            for index, (kind, loop) in enumerate(modes)
-        ],
-        timeout=CASE_TIMEOUT,
-    )
+    results = []
+    for forks in (False, True):  # see FORKING_MODES
+        results += run_concurrently(
+            [
+                partial(serve_mode, bad_network, kind, loop, 1000 * index)
+                for index, (kind, loop) in enumerate(modes)
+                if (kind.mode in FORKING_MODES) == forks
+            ],
+            timeout=CASE_TIMEOUT,
+        )
     seconds = time.monotonic() - started
     wire = bad_network.counts
     wire_text = (
         f"wire: {IMPAIRMENT.describe()}; {wire.forwarded} packets, {wire.lost} lost, "
-        f"{wire.reordered} reordered ({seconds:.1f} s, {len(modes)} modes at once)"
+        f"{wire.reordered} reordered ({seconds:.1f} s, {len(modes)} modes in 2 groups)"
     )
     sweep = IDLE_TIMEOUT / 4
     failures = []
