@@ -11,6 +11,18 @@ from test_contract import Harness, Kind
 from unix_paths import short_directory
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Here, not in tests/reliability/conftest.py: pytest reads options only from the
+    # conftest files of the paths it is given, and the README's command gives none.
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help="run the reliability battery (tests/reliability) at full size, with the "
+        "RSS soak in every mode",
+    )
+
+
 @pytest.fixture
 def short_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A directory for Unix sockets whose paths stay well under the AF_UNIX limit."""

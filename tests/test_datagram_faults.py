@@ -9,10 +9,14 @@ summary line per quiet window).
 from __future__ import annotations
 
 import logging
+import socket
+import sys
 from typing import Any
 
 import pytest
 
+from sockserve.metrics import ServerStats, combine
+from sockserve.sockets import kernel_drops
 from sockserve.testing import serve_in_thread
 from test_connection_setup import loop_kwargs, with_loops
 from test_contract import ALL_KINDS, CLIENT_TIMEOUT, STOP_TIMEOUT, Harness, Kind
@@ -61,3 +65,35 @@ def test_oversized_datagrams_are_counted_not_shouted(
     if not kind.is_prefork:  # workers log in their own processes
         dropped = [r for r in caplog.records if "dropped datagrams" in r.getMessage()]
         assert 1 <= len(dropped) <= 2, [r.getMessage() for r in dropped]
+
+
+def test_kernel_drops_reads_what_linux_dropped_on_the_socket() -> None:
+    """``sockets.kernel_drops``: the socket's own drop count, 0 once closed; combined
+    snapshots sum it."""
+    if sys.platform != "linux":
+        pytest.skip("SO_MEMINFO's drop counter is Linux's")
+    sent = 200
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+    ):
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)  # never waits: it reads only what is queued
+        sender.settimeout(CLIENT_TIMEOUT)
+        assert kernel_drops(receiver) == 0
+        for _ in range(sent):
+            sender.sendto(b"x" * 64, receiver.getsockname())
+        queued = 0
+        while True:
+            try:
+                receiver.recv(100)
+            except BlockingIOError:
+                break
+            queued += 1
+        assert 0 < queued < sent
+        assert kernel_drops(receiver) == sent - queued
+    assert kernel_drops(receiver) == 0
+    parts = [ServerStats(kernel_drops=3), ServerStats(kernel_drops=4)]
+    assert combine(parts).kernel_drops == 7
+    assert ServerStats.from_dict(parts[0].to_dict()).kernel_drops == 3

@@ -73,6 +73,7 @@ def check_counts(text: str, *, workers: int) -> None:
     assert found["sockserve_handler_errors_total", ()] == 1
     assert found["sockserve_bytes_in_total", ()] == SERVED * len(PAYLOAD) + len(b"boom\n")
     assert found["sockserve_bytes_out_total", ()] == SERVED * len(PAYLOAD)
+    assert found["sockserve_kernel_drops_total", ()] == 0  # a stream server's: always 0
     assert found["sockserve_active", ()] == 0
     assert found["sockserve_workers_alive", ()] == workers
     assert found["sockserve_connection_duration_seconds_count", ()] == SERVED + 1

@@ -2,6 +2,9 @@
 
 Usage: ``python3 tools/test.py [pytest arguments]``
 
+``--soak`` is a pytest option of this suite (``tests/conftest.py``): the fault battery
+(``tests/reliability/``) at full size, with the RSS soak in every mode (tens of minutes).
+
 The interpreter running this script uses its own environment (install the project into it
 first: ``python3 -m pip install -e '.[dev]'``). Every other supported interpreter found on
 PATH (``python3.11`` ...) or under pyenv gets a virtual environment in ``.venvs/`` with
@@ -12,9 +15,9 @@ tests/test_stats_page.py drives Debian's ``chromium`` and ``chromium-driver`` (`
 installs them; the test installs them itself when root with apt-get, else skips saying why).
 
 The async mode has an optional compiled fast path (src/sockserve/aio/_fastpath.c, built
-when the project is installed and a C compiler is there). With no pytest arguments, each
-interpreter also runs the async tests once more with it switched off
-(``SOCKSERVE_PURE_PYTHON=1``), so both paths are checked everywhere.
+when the project is installed and a C compiler is there). With no pytest arguments (or
+only ``--soak``), each interpreter also runs the async tests once more with it switched
+off (``SOCKSERVE_PURE_PYTHON=1``), so both paths are checked everywhere.
 
 Real components some tests drive: ``haproxy`` (tests/test_haproxy_interop.py,
 tests/test_scale_out.py; Debian package ``haproxy``, installed by ``.ci/run``, or by the
@@ -62,7 +65,7 @@ def main(pytest_args: list[str]) -> int:
     totals: dict[str, int] = {}
     failed_versions = []
     passes: list[tuple[str, list[str], dict[str, str]]] = [("", pytest_args, {})]
-    if not pytest_args:
+    if not [arg for arg in pytest_args if arg != "--soak"]:
         passes.append(
             (", compiled fast path off", PURE_PYTHON_TESTS, {"SOCKSERVE_PURE_PYTHON": "1"})
         )

@@ -30,6 +30,10 @@ class ServerStats:
     apart from handler errors): ``"reset"`` (the peer reset or vanished), ``"timeout"``
     (no data within the handler's timeout), ``"line_too_long"``.
     ``accept_errors``: failed accept() calls that were not routine (EMFILE and the like).
+    ``kernel_drops``: datagrams the kernel dropped on the server's socket before the
+    server read them (its receive queue was full), as Linux counts them (``SO_MEMINFO``);
+    never part of ``accepted`` or ``rejected``, which count what the server read. 0 for
+    stream servers and where the platform does not say.
     ``queue_depth``: accepted requests waiting for a worker (thread pool only).
     ``workers_alive``: worker threads or processes alive now (0 for inline servers).
 
@@ -46,6 +50,8 @@ class ServerStats:
     figures of disjoint processes), the duration buckets bucket by bucket; ``peak_active`` is
     the largest of the parts, a lower
     bound of the true combined peak, which no process saw (see ``combine``).
+    ``kernel_drops`` is summed too, so each part counts a socket of its own (pre-fork
+    workers sharing the master's socket report 0; the master reads that socket).
     """
 
     accepted: int = 0
@@ -56,6 +62,7 @@ class ServerStats:
     peer_faults: dict[str, int] = field(default_factory=dict)
     finished: int = 0
     accept_errors: int = 0
+    kernel_drops: int = 0
     queue_depth: int = 0
     workers_alive: int = 0
     bytes_in: int = 0
@@ -97,6 +104,7 @@ STATS_FIELDS = (
     "peer_faults",
     "finished",
     "accept_errors",
+    "kernel_drops",
     "queue_depth",
     "workers_alive",
     "bytes_in",
@@ -125,6 +133,7 @@ def combine(parts: list[ServerStats]) -> ServerStats:
         peer_faults=_sum_mappings([p.peer_faults for p in parts]),
         finished=sum(p.finished for p in parts),
         accept_errors=sum(p.accept_errors for p in parts),
+        kernel_drops=sum(p.kernel_drops for p in parts),
         queue_depth=sum(p.queue_depth for p in parts),
         workers_alive=sum(p.workers_alive for p in parts),
         bytes_in=sum(p.bytes_in for p in parts),

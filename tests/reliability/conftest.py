@@ -1,8 +1,10 @@
-"""The battery's options and fixtures: ``--soak``, case sizes, and figures.
+"""The battery's fixtures: case sizes and figures.
 
-``--soak`` (``pytest tests/reliability --soak``) runs every case at its full size and
-adds the RSS soak; without it each case runs its CI size, chosen so that the whole
-battery stays under 3 minutes per interpreter on a 2-core machine.
+``--soak`` (declared in ``tests/conftest.py``, so ``pytest --soak``, ``python3
+tools/test.py --soak`` and ``pytest tests/reliability --soak`` all take it) runs every
+case at its full size and the RSS soak in every mode; without it each case runs its CI
+size, chosen so that the whole battery stays under 3 minutes per interpreter on a
+2-core machine, and the soak runs one mode briefly.
 """
 
 from __future__ import annotations
@@ -13,15 +15,6 @@ from typing import Any
 import pytest
 
 from .figures import record_figure
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--soak",
-        action="store_true",
-        default=False,
-        help="run the reliability battery at full size, with the RSS soak",
-    )
 
 
 @pytest.fixture

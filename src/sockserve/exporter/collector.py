@@ -6,7 +6,7 @@ every few seconds reading one ``stats()`` snapshot costs nothing per connection.
 publishes exactly the fields of ``ServerStats`` (``metrics.py``), named after them:
 
 - counters (``_total``): ``accepted``, ``finished``, ``handler_errors``,
-  ``accept_errors``, ``bytes_in``, ``bytes_out``, ``rejected{reason}``,
+  ``accept_errors``, ``kernel_drops``, ``bytes_in``, ``bytes_out``, ``rejected{reason}``,
   ``peer_faults{kind}``;
 - gauges: ``active``, ``peak_active``, ``queue_depth``, ``workers_alive``;
 - the histogram ``connection_duration_seconds`` (``DURATION_BUCKETS``).
@@ -35,6 +35,7 @@ COUNTERS = (
     ("finished", "Admitted requests whose work has ended, however."),
     ("handler_errors", "Requests whose handler raised."),
     ("accept_errors", "Failed accept() calls that were not routine (EMFILE and the like)."),
+    ("kernel_drops", "Datagrams the kernel dropped before the server read them."),
     ("bytes_in", "TCP payload bytes received from clients (TCP_INFO at close)."),
     ("bytes_out", "TCP payload bytes clients acknowledged (TCP_INFO at close)."),
 )

@@ -14,11 +14,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any, NoReturn
 
 # Modules, not names: only what ``__all__`` lists is public here.
-from .. import errors, metrics, servers
+from .. import errors, metrics, servers, sockets
 from ..admission import tls_prelude
 from ..errors import WorkerBootError
 from . import master, worker
@@ -192,7 +193,7 @@ class PreforkMixIn:
             if not self._stop_pending:  # else shutdown() came first: return at once
                 supervisor.run()
         finally:
-            self._last_master_stats = supervisor.stats()
+            self._last_master_stats = self._with_shared_socket_drops(supervisor.stats())
             self._supervisor = None
             self._stop_pending = False
             supervisor.finished.set()
@@ -218,10 +219,19 @@ class PreforkMixIn:
             return super().stats()  # type: ignore[misc]
         supervisor = self._supervisor
         if supervisor is not None:
-            return supervisor.stats()
+            return self._with_shared_socket_drops(supervisor.stats())
         if self._last_master_stats is not None:
             return self._last_master_stats
         return super().stats()  # type: ignore[misc]
+
+    def _with_shared_socket_drops(self, combined: Any) -> Any:
+        """The workers' sum, with the kernel's drops on the shared datagram socket read
+        here once (each worker reports 0 for it: summing their readings would count
+        every drop once per worker). ``reuse_port`` workers count their own sockets."""
+        listener = self._listener()
+        if self.reuse_port or listener.type != socket.SOCK_DGRAM or listener.fileno() < 0:
+            return combined
+        return replace(combined, kernel_drops=sockets.kernel_drops(listener))
 
     def drain(self, timeout: float) -> Any:
         """In the master: stop listening, drain every worker within ``timeout``, return

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import socket
+from dataclasses import replace
 from typing import Any
 
 from ..addresses import format_address
-from ..sockets import (
-    receive_datagram,
-)
+from ..metrics import ServerStats
+from ..sockets import kernel_drops, receive_datagram
 from .stream import TCPServer
 
 #: Oversized datagrams skipped in one ``get_request`` call before giving the loop a turn.
@@ -37,6 +37,13 @@ class UDPServer(TCPServer):
                 client_address,
             )
         raise BlockingIOError("only oversized datagrams were queued")
+
+    def stats(self) -> ServerStats:
+        """``BaseServer.stats()``, with ``kernel_drops`` read from the socket (once per
+        call, nothing per datagram: see ``sockets.kernel_drops``). A pre-fork worker
+        sharing the master's socket reports 0: the master reads the socket itself."""
+        own = 0 if self._listener_is_shared else kernel_drops(self.socket)
+        return replace(super().stats(), kernel_drops=own)
 
     def server_activate(self) -> None:
         """Datagram sockets do not listen."""
