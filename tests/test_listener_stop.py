@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import select
 import socket
@@ -260,3 +261,56 @@ def test_a_connection_waiting_for_its_proxy_header_when_the_drain_begins_is_serv
     report = reports.get(timeout=TIMEOUT)
     assert (report.finished, report.aborted) == (1, 0)
     assert server.stats().rejected == {}
+
+
+class _Echo(sockserve.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline())
+
+
+@pytest.mark.parametrize(
+    "server_class", [sockserve.ThreadingUnixStreamServer, sockserve.AsyncUnixStreamServer]
+)
+def test_a_unix_drain_under_connect_load_ends_before_its_deadline(
+    server_class: Any, short_dir: Any
+) -> None:
+    """A Unix socket has no SYN to filter: clients connecting in a loop kept its accept
+    queue full, and the drain's last sweep served them until the drain's deadline (the
+    battery's drain under load: 3.0 s, all of it). It takes at most a queue's worth."""
+    if server_class is sockserve.AsyncUnixStreamServer:
+
+        class Handler(sockserve.AsyncStreamRequestHandler):
+            async def handle(self) -> None:
+                self.writer.write(await self.reader.readline())
+    else:
+        Handler = _Echo  # type: ignore[misc,assignment]  # noqa: N806
+    path = str(short_dir / "drain.sock")
+    deadline = 30.0
+    stop = threading.Event()
+    server = server_class(path, Handler)
+
+    def keep_connecting() -> None:
+        while not stop.is_set():
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                    client.settimeout(TIMEOUT)
+                    client.connect(path)
+                    client.sendall(b"hi\n")  # and gone: the next connect at once
+            except OSError:
+                if not stop.is_set() and not os.path.exists(path):
+                    return  # the listener is gone: refused from now on
+
+    with serve_in_thread(server):
+        clients = [threading.Thread(target=keep_connecting) for _ in range(8)]
+        for thread in clients:
+            thread.start()
+        try:
+            report = server.drain(deadline)
+        finally:
+            stop.set()
+            for thread in clients:
+                thread.join(TIMEOUT)
+    assert not any(thread.is_alive() for thread in clients)
+    assert report.aborted == 0
+    # Far below the deadline, which the sweep used to take whole under this load.
+    assert report.seconds < deadline / 3, report

@@ -41,7 +41,7 @@ from typing import Any
 
 from ..addresses import format_address
 from ..admission.checks import Refused
-from ..listener_stop import refuse_new_handshakes
+from ..listener_stop import backlog_bound, refuse_new_handshakes
 from ..listeners import TRANSIENT_ACCEPT_ERRNOS
 from ..metrics import DrainReport
 from ..serving.core import ServingCore
@@ -485,8 +485,9 @@ class AsyncServeLoop:
         # Not on a listener other processes share: it would stop theirs too.
         if server.owns_listener():
             refuse_new_handshakes(server.socket)
-        while self._accept_one() is not None:
-            pass
+        for _ in range(backlog_bound(server)):
+            if self._accept_one() is None:
+                break
         self._listener_fd = -1
         server.socket.close()
 

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from .. import errors, metrics, servers, sockets
 from ..admission import tls_prelude
 from ..errors import WorkerBootError
+from ..listener_stop import backlog_bound as _backlog_bound
 from . import master, worker
 
 __all__ = [
@@ -364,8 +365,9 @@ class PreforkMixIn:
             return
         if server._serve_loop is None or listener.fileno() < 0:
             return  # the async mode's drain took it; or the drain closed the listener
-        while server._handle_request_noblock():
-            pass
+        for _ in range(_backlog_bound(server)):
+            if not server._handle_request_noblock():
+                break
 
     def worker_init(self) -> None:
         """Called in each worker before it serves; an exception is a boot failure."""

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from ..admission.checks import Refused
 from ..admission.preludes import drive_blocking
-from ..listener_stop import refuse_new_handshakes
+from ..listener_stop import backlog_bound, refuse_new_handshakes
 from ..metrics import DrainReport
 from .core import ServingCore
 from .job import UNVERIFIED
@@ -373,8 +373,11 @@ class ServeLoop(LoopThreads):
         owns_listener = getattr(server, "owns_listener", None)  # a TCPServer's method
         if owns_listener is not None and owns_listener():
             refuse_new_handshakes(listener)
-        while time.monotonic() < backlog_deadline and server._handle_request_noblock() is True:
-            pass
+        for _ in range(backlog_bound(server)):
+            if time.monotonic() >= backlog_deadline:
+                break
+            if server._handle_request_noblock() is not True:
+                break
         listener.close()
 
     def _wait_idle(self, server: Server, deadline: float) -> bool:
