@@ -276,7 +276,7 @@ def test_a_unix_drain_under_connect_load_ends_before_its_deadline(
 ) -> None:
     """A Unix socket has no SYN to filter: clients connecting in a loop kept its accept
     queue full, and the drain's last sweep served them until the drain's deadline (the
-    battery's drain under load: 3.0 s, all of it). It takes at most a queue's worth."""
+    battery's drain under load: 3.0 s, all of it). Its file goes before the sweep now."""
     if server_class is sockserve.AsyncUnixStreamServer:
 
         class Handler(sockserve.AsyncStreamRequestHandler):

@@ -25,10 +25,11 @@ Trade-offs
     A handshake in flight when the filter is attached (its SYN-ACK sent, its ACK not yet
     back: microseconds on loopback, one round trip across a network) can still complete
     after the sweep; that window is the network's, no longer the scheduler's. Other
-    systems, Unix sockets and a filter the kernel refuses fall back to a plain close:
-    ``refuse_new_handshakes`` returns False and changes nothing. Children accepted
-    after the filter inherit it (``sk_clone_lock`` copies it); it only drops SYNs,
-    which an established connection never receives from a well-behaved peer.
+    systems and a filter the kernel refuses fall back to a plain close:
+    ``refuse_new_handshakes`` returns False and changes nothing. A Unix socket has no
+    handshake: its file is removed before the sweep instead (``refuse_new_connections``).
+    Children accepted after the filter inherit it (``sk_clone_lock`` copies it); it only
+    drops SYNs, which an established connection never receives from a well-behaved peer.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import array
 import socket
 import struct
 import sys
+from typing import Any
 
 #: ``SO_ATTACH_FILTER`` from <asm-generic/socket.h> (Linux; Python names it only
 #: on some builds).
@@ -82,15 +84,37 @@ def refuse_new_handshakes(listener: socket.socket) -> bool:
     return True
 
 
+def refuse_new_connections(server: Any) -> None:
+    """Before a drain's last sweep: let no new connection join the listener's queue.
+
+    TCP: the SYN filter above. A Unix socket has no handshake to filter; its file is
+    removed instead, as ``server_close()`` would a moment later: a ``connect()`` by path
+    then fails at once (ENOENT, which a client retries elsewhere) while the connections
+    already queued stay queued for the sweep. An abstract name has no file: there
+    ``backlog_bound`` ends the sweep. Only on a listener this process bound (another
+    process may share an inherited one, and the file would be theirs too).
+    """
+    owns_listener = getattr(server, "owns_listener", None)  # a stream server's method
+    if owns_listener is None or not owns_listener():
+        return
+    listener = server.socket
+    if listener.family == getattr(socket, "AF_UNIX", None):
+        remove_file = getattr(server, "_remove_unix_path", None)
+        if remove_file is not None:
+            remove_file()
+    else:
+        refuse_new_handshakes(listener)
+
+
 def backlog_bound(server: object) -> int:
     """How many queued connections a drain's last sweep takes at most.
 
     The kernel's accept queue holds ``request_queue_size`` connections (the ``listen()``
-    backlog; Linux allows one more), so that many were there when the drain began. A Unix
-    socket has no SYN to filter (above): clients that keep connecting keep its queue full,
-    and a sweep "until EAGAIN" then served them until the drain's deadline (the fault
-    battery's drain under load: 3.0 s against 0.06 s, ThreadingUnixStreamServer). Past
-    this bound what arrives was sent after the drain began, and is refused by the close.
+    backlog; Linux allows one more), so that many were there when the drain began. On a
+    listener nothing stops new connections joining (an abstract Unix name, a listener
+    another process bound), clients that keep connecting keep the queue full, and a sweep
+    "until EAGAIN" would serve them until the drain's deadline. Past this bound what
+    arrives was sent after the drain began, and is refused by the close.
     """
     queue_size = getattr(server, "request_queue_size", 5)
     return max(1, int(queue_size)) + 1

@@ -42,6 +42,7 @@ from ..serving.traffic import measure
 from ..tls import tls_info
 from ..tls_handshake import handshake_failure
 from .fastpath import IMPLEMENTATION
+from .flow import writelines_pauses
 from .handlers import AsyncBaseRequestHandler
 from .inline import INLINE_RESUMPTION, await_handler
 from .streams import StreamReader
@@ -178,6 +179,8 @@ async def serve_stream(
     except BaseException:
         sock.close()
         raise
+    if not writelines_pauses(transport):
+        reader.flow.collecting = False
     writer = _Writer(transport, reader)
     request = (reader, writer)
     details = job.details

@@ -29,6 +29,7 @@ written (every other write first flushes what is collected).
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 from typing import Any
 
 __all__ = ["WRITE_COLLECT_LIMIT_BYTES", "WRITE_HIGH_WATER_BYTES", "FlowControl"]
@@ -187,3 +188,22 @@ class FlowControl:
             if self.is_connection_lost:
                 self._closed.set_result(None)
         return self._closed
+
+
+#: The standard library's socket transport gained its own ``writelines`` in Python 3.12
+#: (one ``sendmsg``, no join), and that method never checks the high-water mark: the
+#: transport buffers without bound and never calls ``pause_writing``, so ``drain()``
+#: never waits (3.12.1 and 3.13.0, read in their sources; 3.11 joins and calls
+#: ``write``, which checks). A handler that floods a client that does not read then
+#: grows the buffer forever and ``write_timeout`` never sees a stalled write (found by
+#: tests/test_slow_clients.py on 3.12). Collected writes go out by ``writelines``, so
+#: on such a transport they are not collected: each ``write`` goes to ``write()``.
+_SOCKET_TRANSPORT: type = getattr(asyncio.selector_events, "_SelectorSocketTransport", object)
+_WRITELINES_WITHOUT_PAUSE = vars(_SOCKET_TRANSPORT).get("writelines")
+
+
+def writelines_pauses(transport: Any) -> bool:
+    """Whether ``transport.writelines`` applies flow control (see above)."""
+    if _WRITELINES_WITHOUT_PAUSE is None:
+        return True
+    return getattr(type(transport), "writelines", None) is not _WRITELINES_WITHOUT_PAUSE

@@ -41,7 +41,7 @@ from typing import Any
 
 from ..addresses import format_address
 from ..admission.checks import Refused
-from ..listener_stop import backlog_bound, refuse_new_handshakes
+from ..listener_stop import backlog_bound, refuse_new_connections
 from ..listeners import TRANSIENT_ACCEPT_ERRNOS
 from ..metrics import DrainReport
 from ..serving.core import ServingCore
@@ -483,8 +483,7 @@ class AsyncServeLoop:
             self._is_listening = False
         # No new handshakes from here: the close below then resets nobody (listener_stop.py).
         # Not on a listener other processes share: it would stop theirs too.
-        if server.owns_listener():
-            refuse_new_handshakes(server.socket)
+        refuse_new_connections(server)
         for _ in range(backlog_bound(server)):
             if self._accept_one() is None:
                 break

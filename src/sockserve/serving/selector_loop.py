@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from ..admission.checks import Refused
 from ..admission.preludes import drive_blocking
-from ..listener_stop import backlog_bound, refuse_new_handshakes
+from ..listener_stop import backlog_bound, refuse_new_connections
 from ..metrics import DrainReport
 from .core import ServingCore
 from .job import UNVERIFIED
@@ -370,9 +370,7 @@ class ServeLoop(LoopThreads):
         make_listener_nonblocking(server)
         # No new handshakes from here: the close below then resets nobody (listener_stop.py).
         # Not on a listener other processes share: it would stop theirs too.
-        owns_listener = getattr(server, "owns_listener", None)  # a TCPServer's method
-        if owns_listener is not None and owns_listener():
-            refuse_new_handshakes(listener)
+        refuse_new_connections(server)
         for _ in range(backlog_bound(server)):
             if time.monotonic() >= backlog_deadline:
                 break
