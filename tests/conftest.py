@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sockserve.aio.fastpath import PURE_PYTHON, Implementation, compiled
 from test_contract import Harness, Kind
 from unix_paths import short_directory
 
@@ -37,3 +38,14 @@ def harness(kind: Kind, short_dir: Path, tmp_path: Path) -> Iterator[Harness]:
         yield harness
     finally:
         harness.close()
+
+
+@pytest.fixture(params=["pure", "compiled"])
+def implementation(request: pytest.FixtureRequest) -> Implementation:
+    """The async mode's per-message path: pure Python, then the compiled one."""
+    if request.param == "pure":
+        return PURE_PYTHON
+    built = compiled()
+    if built is None:
+        pytest.skip("the compiled fast path was not built")
+    return built

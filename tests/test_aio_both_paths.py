@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from sockserve.aio import AsyncLineTooLongError, LineTooLongError, StreamReader
-from sockserve.aio.fastpath import PURE_PYTHON, Implementation, compiled
+from sockserve.aio.fastpath import PURE_PYTHON, Implementation
 from sockserve.aio.inline import INLINE_RESUMPTION
 from sockserve.aio.streams import receive_buffer
 from test_aio import LOOPS, _FakeTransport, _run
@@ -30,16 +30,6 @@ pytestmark = pytest.mark.skipif(not INLINE_RESUMPTION, reason="this Python has n
 TIMEOUT = 10.0
 
 Handler = Callable[[StreamReader, Any], Coroutine[Any, Any, Any]]
-
-
-@pytest.fixture(params=["pure", "compiled"])
-def implementation(request: pytest.FixtureRequest) -> Implementation:
-    if request.param == "pure":
-        return PURE_PYTHON
-    built = compiled()
-    if built is None:
-        pytest.skip("the compiled fast path was not built")
-    return built
 
 
 class _WritingTransport(_FakeTransport):

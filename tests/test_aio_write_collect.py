@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from sockserve.aio import AsyncStreamRequestHandler, AsyncTCPServer, StreamReader
-from sockserve.aio.fastpath import PURE_PYTHON, Implementation, compiled
+from sockserve.aio.fastpath import Implementation
 from sockserve.aio.flow import WRITE_COLLECT_LIMIT_BYTES
 from sockserve.aio.inline import INLINE_RESUMPTION
 from sockserve.aio.streams import receive_buffer
@@ -30,16 +30,6 @@ pytestmark = pytest.mark.skipif(not INLINE_RESUMPTION, reason="this Python has n
 TIMEOUT = 10.0
 
 Handler = Callable[[StreamReader, Any], Coroutine[Any, Any, Any]]
-
-
-@pytest.fixture(params=["pure", "compiled"])
-def implementation(request: pytest.FixtureRequest) -> Implementation:
-    if request.param == "pure":
-        return PURE_PYTHON
-    built = compiled()
-    if built is None:
-        pytest.skip("the compiled fast path was not built")
-    return built
 
 
 class _RecordingTransport(_FakeTransport):
