@@ -33,9 +33,7 @@ from sockserve.aio.sendfile import send_file, send_file_by_copy, uses_tls
 from sockserve.aio.streams import receive_buffer
 from sockserve.testing import serve_in_thread
 from test_aio import LOOPS, _run
-from test_aio_both_paths import _serve, implementation
-
-__all__ = ["implementation"]  # the fixture, imported for the tests below
+from test_aio_both_paths import _serve
 
 TIMEOUT = 10.0
 FILE_BYTES = 3 * 1024 * 1024 + 12345  # a few socket buffers, not a multiple of anything
