@@ -110,7 +110,10 @@ def test_out_of_descriptors_the_loop_waits_and_recovers(
                 probe.shutdown(socket.SHUT_WR)
                 reply = probe.recv(4096)
             resumed = time.monotonic() - freed_at
-            wait_until(lambda: server.log_lines(RESUMED_LINE), CLIENT_TIMEOUT, "resume line")
+            try:
+                wait_until(lambda: server.log_lines(RESUMED_LINE), CLIENT_TIMEOUT, "resume line")
+            except AssertionError as exc:  # what the server said instead: the evidence
+                raise AssertionError(f"{exc}; the server's log:\n{server.log()[-3000:]}") from exc
             stats, _, _ = server.stop()
         finally:
             for holder in holders:
