@@ -481,8 +481,8 @@ class AsyncServeLoop:
         if self._is_listening and self._loop is not None:
             self._loop.remove_reader(self._listener_fd)
             self._is_listening = False
-        # No new handshakes from here: the close below then resets nobody (listener_stop.py).
-        # Not on a listener other processes share: it would stop theirs too.
+        # No new connections from here, so the close below resets nobody and the sweep
+        # ends (listener_stop.refuse_new_connections says how, and when it does nothing).
         refuse_new_connections(server)
         for _ in range(backlog_bound(server)):
             if self._accept_one() is None:

@@ -368,8 +368,8 @@ class ServeLoop(LoopThreads):
         if listener.fileno() < 0 or self.is_running:
             return
         make_listener_nonblocking(server)
-        # No new handshakes from here: the close below then resets nobody (listener_stop.py).
-        # Not on a listener other processes share: it would stop theirs too.
+        # No new connections from here, so the close below resets nobody and the sweep
+        # ends (listener_stop.refuse_new_connections says how, and when it does nothing).
         refuse_new_connections(server)
         for _ in range(backlog_bound(server)):
             if time.monotonic() >= backlog_deadline:
