@@ -550,6 +550,7 @@ LAYERS: list[tuple[str, ...]] = [
         "aio.watchdog",
         "aio.flow",
         "aio.parking",
+        "aio.receive_switch",
         "aio.bulk_reads",
         "aio.streams",
         "aio.sendfile",

@@ -36,21 +36,21 @@
  * (inline.py). */
 enum {
     R_WAITER, R_BUFFER, R_WANT, R_WANT_SIZE, R_LINES, R_FLOW, R_DRIVER, R_PARKED_RESULT,
-    R_PARKED_ERROR, R_DRIVING, R_TIMEOUT, R_COUNT
+    R_PARKED_ERROR, R_DRIVING, R_TIMEOUT, R_RECV_SIZE, R_COUNT
 };
 static const char *const reader_slot_names[R_COUNT] = {
     "_waiter", "_buffer", "_want", "_want_size", "_lines", "flow", "_driver",
-    "_parked_result", "_parked_error", "_driving", "timeout",
+    "_parked_result", "_parked_error", "_driving", "timeout", "_recv_size",
 };
 enum { L_MAX_LINE_LENGTH, L_EOF, L_COUNT };
 static const char *const lines_slot_names[L_COUNT] = {"max_line_length", "eof"};
 enum {
     F_READING_PAUSED, F_WRITING_PAUSED, F_TRANSPORT, F_PENDING_WRITES, F_PENDING_BYTES,
-    F_COLLECTING, F_COLLECT_LIMIT, F_COUNT
+    F_COLLECTING, F_COLLECT_LIMIT, F_HOLDING, F_COUNT
 };
 static const char *const flow_slot_names[F_COUNT] = {
     "is_reading_paused", "is_writing_paused", "transport", "pending_writes", "pending_bytes",
-    "collecting", "collect_limit",
+    "collecting", "collect_limit", "holding",
 };
 enum { W_FLOW, W_TRANSPORT, W_READY, W_READER, W_COUNT };
 static const char *const writer_slot_names[W_COUNT] = {"_flow", "_transport", "_ready", "_reader"};
@@ -203,8 +203,8 @@ flush_writes(PyObject *reader)
         return 0;
     }
     Py_ssize_t count = PyList_GET_SIZE(pending);
-    if (count == 0) {
-        return 0;
+    if (count == 0 || FLOW(flow, F_HOLDING) == Py_True) {
+        return 0;  /* (holding: sent when the transport's read callback ends) */
     }
     if (count > 1) {
         PyObject *done = PyObject_CallMethodNoArgs(flow, state.str_flush_writes);
@@ -371,8 +371,15 @@ data_received(PyObject *self, PyObject *data)
         && PyByteArray_CheckExact(buffer) && PyByteArray_GET_SIZE(buffer) == 0 && lines != NULL) {
         Py_ssize_t size = PyBytes_GET_SIZE(data);
         Py_ssize_t want = int_slot(READER(self, R_WANT));
+        /* > 0: the stdlib transport reads recv(recv_size) for a bulk read
+         * (receive_switch.py); a read of another kind goes to Python, to switch back. */
+        Py_ssize_t recv_size = int_slot(READER(self, R_RECV_SIZE));
         int wanted = 0;
-        if (want == WANT_LINE) {
+        if (recv_size != 0 && !(want == WANT_SOME
+                                && int_slot(READER(self, R_WANT_SIZE)) >= recv_size)) {
+            wanted = 0;
+        }
+        else if (want == WANT_LINE) {
             const char *bytes = PyBytes_AS_STRING(data);
             Py_ssize_t limit = int_slot(LINES(lines, L_MAX_LINE_LENGTH));
             wanted = size > 0 && memchr(bytes, '\n', (size_t)size) == bytes + size - 1

@@ -45,6 +45,7 @@ from .fastpath import IMPLEMENTATION
 from .flow import writelines_pauses
 from .handlers import AsyncBaseRequestHandler
 from .inline import INLINE_RESUMPTION, await_handler
+from .receive_switch import switchable
 from .streams import StreamReader
 from .writer import StreamWriter
 
@@ -162,6 +163,7 @@ async def serve_stream(
     try:
         if holder is None:
             transport, _ = await loop.connect_accepted_socket(lambda: reader, sock)
+            reader._switch = switchable(transport)  # bulk reads may use recv(n)
         else:
             transport = await start_tls(server, reader, sock, holder.context, loop)
     except TLSHandshakeError as exc:
@@ -180,7 +182,7 @@ async def serve_stream(
         sock.close()
         raise
     if not writelines_pauses(transport):
-        reader.flow.collecting = False
+        reader.flow.pauses_after_writelines = True
     writer = _Writer(transport, reader)
     request = (reader, writer)
     details = job.details

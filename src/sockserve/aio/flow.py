@@ -74,6 +74,8 @@ class FlowControl:
         "pending_bytes",
         "collecting",
         "collect_limit",
+        "holding",
+        "pauses_after_writelines",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, read_limit: int) -> None:
@@ -97,6 +99,14 @@ class FlowControl:
         #: wrote its end, the transport was handed out, or the connection was lost.
         self.collecting = True
         self.collect_limit = WRITE_COLLECT_LIMIT_BYTES
+        #: True while the end of a step does not send what is collected: the standard
+        #: library's transport runs several steps in one read callback
+        #: (``receive_switch.py``) and sends their writes together when it ends.
+        self.holding = False
+        #: True where the transport's ``writelines`` does not apply flow control itself
+        #: (``writelines_pauses``, below): ``flush_writes`` then asks it to, as its
+        #: ``write`` would have.
+        self.pauses_after_writelines = False
 
     def set_read_limit(self, limit: int) -> None:
         """The reader's line limit changed: the reading water marks follow it."""
@@ -159,6 +169,8 @@ class FlowControl:
         self.pending_writes = []
         if not transport.is_closing():
             transport.writelines(pending)
+            if self.pauses_after_writelines:
+                transport._maybe_pause_protocol()
 
     def stop_collecting(self) -> None:
         """From now on every write goes to the transport at once (after those collected)."""
@@ -197,7 +209,11 @@ class FlowControl:
 #: ``write``, which checks). A handler that floods a client that does not read then
 #: grows the buffer forever and ``write_timeout`` never sees a stalled write (found by
 #: tests/test_slow_clients.py on 3.12). Collected writes go out by ``writelines``, so
-#: on such a transport they are not collected: each ``write`` goes to ``write()``.
+#: on such a transport ``flush_writes`` then calls the check ``write`` makes after
+#: buffering, ``_maybe_pause_protocol`` (the base class's since 3.4, the same in 3.12
+#: and 3.13; its sources read): ``pause_writing`` comes, ``drain()`` waits, and the
+#: writes still go out in one ``sendmsg``, no join (needed by ``receive_switch.py``'s
+#: several steps per read: one send for all of them).
 _SOCKET_TRANSPORT: type = getattr(asyncio.selector_events, "_SelectorSocketTransport", object)
 _WRITELINES_WITHOUT_PAUSE = vars(_SOCKET_TRANSPORT).get("writelines")
 

@@ -131,7 +131,7 @@ class InlineDriver:
                     return stop.value
                 finally:
                     reader._driving = False
-                    if flow.pending_writes:  # the step's writes, sent together
+                    if flow.pending_writes and not flow.holding:  # the step's writes, together
                         flow.flush_writes()
                 if yielded is reader:  # parked in a read: resumed by the reader's callback
                     parking = self._park()
@@ -226,7 +226,7 @@ class InlineDriver:
             reader._driving = False
             try:
                 flow = reader.flow
-                if flow.pending_writes:  # the step's writes, sent together
+                if flow.pending_writes and not flow.holding:  # the step's writes, together
                     flow.flush_writes()
             finally:
                 _leave_task(loop, task)  # type: ignore[arg-type]

@@ -64,6 +64,9 @@ from .parking import NO_DRIVER, Driver
 from .parking import SOME as _SOME
 from .parking import WAKE as _WAKE
 from .parking import parked_read as _parked_read
+from .receive_switch import BULK_READ_BYTES as _BULK_READ_BYTES
+from .receive_switch import follow_read as _follow_read
+from .receive_switch import to_bytes as _to_bytes
 
 __all__ = [
     "NO_DRIVER",
@@ -149,6 +152,8 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         "_driver",
         "_parked_result",
         "_parked_error",
+        "_switch",
+        "_recv_size",
     )
 
     def __init__(
@@ -198,6 +203,11 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         #: completed it, until the handler takes it (``_parked_read``).
         self._parked_result: Any = None
         self._parked_error: BaseException | None = None
+        #: The standard library's socket transport, whose receiving a bulk ``read(n)``
+        #: switches to ``recv(n)`` (``receive_switch.py``), or None; ``_recv_size``:
+        #: that ``n`` while switched, 0 while reading into the shared buffer.
+        self._switch: Any = None
+        self._recv_size = 0
 
     @property
     def limit(self) -> int:
@@ -232,9 +242,12 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         filled = self._filling
         if filled is None:
             size = self._want_size
-            if nbytes > size > 0 and self._want == _SOME and self._waiter and not self._buffer:
-                self._hold_pieces(nbytes, size)  # a bulk read(n): cut to n, copied once
-                return
+            if self._want == _SOME and self._waiter is not None:
+                if size >= _BULK_READ_BYTES and self._switch is not None:
+                    _to_bytes(self, size)  # the next reads: recv(size), no copy
+                if nbytes > size > 0 and not self._buffer:
+                    self._hold_pieces(nbytes, size)  # a bulk read(n): cut to n, copied once
+                    return
             self.data_received(self._receive_view[:nbytes].tobytes())
             return
         self._filling = None
@@ -249,6 +262,8 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         # The per-message path: a read is waiting and nothing is buffered, so when the
         # chunk is exactly what it wants, the chunk itself becomes its result.
+        if self._recv_size:  # recv(n) for a bulk read, and another kind of read waits?
+            _follow_read(self)
         waiter = self._waiter
         if waiter is not None and not self._buffer:
             size = len(data)

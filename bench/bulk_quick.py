@@ -1,0 +1,147 @@
+"""Quick bulk echo on the standard library's loop: server CPU per MB, rounds interleaved.
+
+One connection of the C load generator (``bench/loadgen.c``, bulk mode: 64 KiB writes,
+counting the echo) against, in turn: asyncio's bare ``Protocol`` echo, and
+``AsyncTCPServer`` with a ``read(n)``/``write``/``drain`` handler importing sockserve
+from each source tree given. Server pinned to CPU 0, load generator to CPU 1. Printed:
+each server's µs of CPU per MB in every round, and the median. Per-MB CPU on loopback
+moves with the dynamics (a server that keeps the load generator busy spares itself the
+wake-ups), so compare medians of several rounds run back to back, not single runs.
+
+    python bench/bulk_quick.py [--read-bytes 65536] [--seconds 2] [--rounds 5]
+                               [--loop asyncio|uvloop] [SRC_DIR ...]
+
+Without SRC_DIR: this checkout's ``src``. ``--profile perf|strace`` records the last
+sockserve server of the last round (``perf record -g`` / ``strace -c``) into the
+current directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench.build import compile_c  # noqa: E402
+
+SERVER = r"""
+import asyncio, os, sys
+sys.path.insert(0, SRC)
+os.sched_setaffinity(0, {0})
+if KIND == "protocol":
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+        def data_received(self, data):
+            self.transport.write(data)
+    async def main():
+        server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0)
+        print(server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Event().wait()
+    if LOOP == "uvloop":
+        import uvloop
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+else:
+    import sockserve
+    from sockserve.aio import AsyncStreamRequestHandler
+    class Echo(AsyncStreamRequestHandler):
+        async def handle(self):
+            reader, writer = self.reader, self.writer
+            while data := await reader.read(READ_BYTES):
+                writer.write(data)
+                await writer.drain()
+    server = sockserve.AsyncTCPServer(("127.0.0.1", 0), Echo, event_loop=LOOP)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_once(
+    kind: str, src: str, args: argparse.Namespace, loadgen: Path, profile: str | None
+) -> float:
+    """One server, one measured run: µs of server CPU per MB echoed."""
+    code = f"SRC={src!r}\nKIND={kind!r}\nREAD_BYTES={args.read_bytes}\nLOOP={args.loop!r}\n"
+    server = subprocess.Popen(
+        [sys.executable, "-c", code + SERVER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        port = server.stdout.readline().strip()
+        command = ["taskset", "-c", "1", str(loadgen), "--port", port, "--mode", "bulk"]
+        command += ["--conns", "1", "--warmup", "0.5", "--duration", str(args.seconds)]
+        load = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+        assert load.stdout is not None
+        assert load.stdin is not None
+        recorder = None
+        start = end = 0.0
+        result: dict[str, float] = {}
+        for line in load.stdout:
+            if line.startswith("MARK start"):
+                start = cpu_seconds(server.pid)
+                if profile == "perf":
+                    recorder = subprocess.Popen(
+                        ["perf", "record", "-g", "-o", "bulk.perf.data", "-p", str(server.pid)],
+                        stderr=subprocess.DEVNULL,
+                    )
+                elif profile == "strace":
+                    recorder = subprocess.Popen(
+                        ["strace", "-c", "-f", "-o", "bulk.strace.txt", "-p", str(server.pid)]
+                    )
+            elif line.startswith("MARK end"):
+                end = cpu_seconds(server.pid)
+                if recorder is not None:
+                    recorder.send_signal(2)
+                    recorder.wait()
+                load.stdin.write("\n")
+                load.stdin.flush()
+            elif line.startswith("RESULT"):
+                result = json.loads(line.split(" ", 1)[1])
+                break
+        load.wait()
+        return (end - start) * 1e6 / (result["bytes"] / 1e6)
+    finally:
+        server.kill()
+        server.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("sources", nargs="*", help="src directories to import sockserve from")
+    parser.add_argument("--read-bytes", type=int, default=65536)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
+    parser.add_argument("--profile", choices=["perf", "strace"])
+    args = parser.parse_args()
+    sources = args.sources or [str(HERE.parent / "src")]
+    loadgen = compile_c("loadgen.c")
+    servers = [("protocol", sources[0])] + [("sockserve", src) for src in sources]
+    figures: dict[str, list[float]] = {f"{kind} {src}": [] for kind, src in servers}
+    for round_number in range(args.rounds):
+        for index, (kind, src) in enumerate(servers):
+            last = round_number == args.rounds - 1 and index == len(servers) - 1
+            figure = run_once(kind, src, args, loadgen, args.profile if last else None)
+            figures[f"{kind} {src}"].append(figure)
+    print(f"µs of server CPU per MB, read({args.read_bytes}), {args.loop} loop:")
+    for name, values in figures.items():
+        rounds = " ".join(f"{value:.0f}" for value in values)
+        label = name if name.startswith("sockserve") else "asyncio/uvloop Protocol"
+        print(f"  {label}: median {statistics.median(values):.0f}  ({rounds})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""How the standard library's loop receives a connection's bytes: into the server's
+shared buffer, or as a bytes object the size of the waiting bulk ``read(n)``.
+
+Why two ways. The shared buffer (``recv_into``, ``streams.receive_buffer``) is right
+for messages: no allocation per read, and the bytes of a line are copied out once. For
+bulk it costs a user-space copy of every byte: a ``read(65536)`` is cut out of the 256 KiB
+received, and on Python 3.11 the pieces written back are joined once more by
+``writelines``. asyncio's own ``Protocol`` makes no copy at all: ``recv(n)`` writes into
+the bytes object ``data_received`` hands over, and ``write`` sends that object as it
+is. Measured (``bench/bulk_quick.py``, 64 KiB reads, median server CPU per MB over 5
+rounds): the shared buffer 961 µs, the asyncio ``Protocol`` 462 µs.
+
+So while a ``read(n)`` of at least ``BULK_READ_BYTES`` waits, the transport is switched
+to ``recv(n)``, and the chunk it returns fits the read exactly: the compiled
+``data_received`` hands it over as the result (no copy), and the handler's ``write``
+sends it as it is. One more thing the ``Protocol`` has: 256 KiB per read callback, so
+a quarter of the loop turns and, above all, of the sends (each ``send`` on loopback
+runs the receiver's side of TCP and wakes it: 31% of the server's CPU in ``perf``).
+While switched, the transport's read callback is ``_receive_burst``: up to
+``RECV_MAX_BYTES`` in ``recv(n)`` steps while the handler's next bulk read waits, the
+handler resumed after each, its writes held (``FlowControl.holding``) and sent
+together when the callback ends (one ``writelines``). After: 510 µs per MB (the same
+run as above), 16 reads, 4 sends and 4 loop turns per MB (``strace -c``). When a read
+of another kind waits (a line, ``readinto``, a smaller ``read``), the transport goes
+back to the shared buffer. Only the switch is decided here; what a read returns
+never depends on it.
+
+How: asyncio's ``_SelectorSocketTransport`` picks its read callback once, in
+``set_protocol``: ``_read_ready__get_buffer`` for a ``BufferedProtocol`` (the reader
+is one), ``_read_ready__data_received`` otherwise, and reads ``self.max_size`` bytes
+in the latter. Private names, the same in 3.11, 3.12 and 3.13 (read in their sources);
+the switch is made only where all three are present, so another version or another
+transport (uvloop's, TLS) simply keeps the shared buffer. ``_read_ready`` looks the
+callback up on each call, so replacing it takes effect at the next read.
+
+The reader keeps ``_recv_size``: 0 while the shared buffer is used, else the size
+``recv`` is given. The compiled ``data_received`` takes a chunk itself only for a
+``read`` of at least that size; anything else reaches ``follow_read`` (through the
+Python ``data_received``), which switches back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from .parking import SOME
+
+if TYPE_CHECKING:
+    from .streams import StreamReader
+
+__all__ = ["BULK_READ_BYTES", "RECV_MAX_BYTES", "follow_read", "switchable", "to_bytes"]
+
+#: The smallest waiting ``read(n)`` served by ``recv(n)``. Measured both ways
+#: (``bench/bulk_quick.py --read-bytes``, medians of 5 rounds): 32 KiB reads 546 µs per
+#: MB switched against 971 not; 16 KiB reads 919 against 961, no clear gain for twice the
+#: system calls, so the switch starts at 32 KiB.
+BULK_READ_BYTES = 32 * 1024
+
+#: The largest ``recv``: asyncio's own ``max_size``. A larger ``read(n)`` gets at most
+#: this much per step (it asked for "up to n").
+RECV_MAX_BYTES = 256 * 1024
+
+_SOCKET_TRANSPORT: Any = getattr(
+    getattr(asyncio, "selector_events", None), "_SelectorSocketTransport", None
+)
+_NEEDED = ("_read_ready_cb", "_read_ready__get_buffer", "_read_ready__data_received")
+
+
+def switchable(transport: Any) -> Any:
+    """``transport`` if its receiving can be switched (the standard library's plain
+    socket transport), else None."""
+    if _SOCKET_TRANSPORT is None or type(transport) is not _SOCKET_TRANSPORT:
+        return None
+    if not all(hasattr(transport, name) for name in _NEEDED):
+        return None
+    return transport
+
+
+def to_bytes(reader: StreamReader, size: int) -> None:
+    """Receive as bytes objects of ``size`` (at most ``RECV_MAX_BYTES``)."""
+    size = min(size, RECV_MAX_BYTES)
+    if reader._recv_size == size:
+        return
+    transport = reader._switch
+    transport.max_size = size
+    transport._read_ready_cb = partial(
+        _receive_burst, transport._read_ready__data_received, transport, reader
+    )
+    reader._recv_size = size
+
+
+def _receive_burst(receive_once: Any, transport: Any, reader: StreamReader) -> None:
+    """The transport's read callback while switched: up to ``RECV_MAX_BYTES`` per
+    readiness in ``recv(n)`` steps, as long as the handler's next bulk read waits for
+    them (as asyncio's ``Protocol`` reads 256 KiB per readiness)."""
+    flow = reader.flow
+    holds = flow.holding = flow.collecting
+    try:
+        for _ in range(RECV_MAX_BYTES // reader._recv_size):
+            receive_once()
+            if (
+                reader._waiter is None
+                or not reader._recv_size
+                or reader._buffer
+                or reader._want != SOME
+                or reader._want_size < reader._recv_size
+                or not transport.is_reading()
+            ):
+                return
+    finally:
+        if holds:
+            flow.holding = False
+            if flow.pending_writes:
+                flow.flush_writes()
+
+
+def follow_read(reader: StreamReader) -> None:
+    """Receive the way the read waiting now is best served (no read waiting: as before)."""
+    if reader._waiter is None:
+        return
+    if reader._want == SOME and reader._want_size >= BULK_READ_BYTES:
+        to_bytes(reader, reader._want_size)
+    elif reader._recv_size:
+        transport = reader._switch
+        transport._read_ready_cb = transport._read_ready__get_buffer
+        reader._recv_size = 0
