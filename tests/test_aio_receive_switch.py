@@ -169,3 +169,32 @@ def test_uvloop_never_switches() -> None:
     with serve_in_thread(instance):
         assert _exchange(instance.server_address, [_bulk(b"read", body)], [65536]) == body
     assert instance.seen[0]["recv_sizes"] == {0}
+
+
+class BigReadPingPong(AsyncStreamRequestHandler):
+    """Echoes whatever ``read(65536)`` returns, noting the reader's receive size."""
+
+    async def handle(self) -> None:
+        sizes: set[int] = set()
+        self.server.seen.append(sizes)  # type: ignore[attr-defined]
+        while data := await self.reader.read(READ_BYTES):
+            sizes.add(self.reader._recv_size)
+            self.writer.write(data)
+            await self.writer.drain()
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_small_messages_under_a_large_read_stay_on_the_shared_buffer(event_loop: str) -> None:
+    instance = AsyncTCPServer(("127.0.0.1", 0), BigReadPingPong, event_loop=event_loop)
+    instance.seen = []  # type: ignore[attr-defined]
+    with serve_in_thread(instance), socket.create_connection(instance.server_address) as client:
+        client.settimeout(TIMEOUT)
+        for number in range(200):
+            message = b"ping %d\n" % number
+            client.sendall(message)
+            received = b""
+            while len(received) < len(message):
+                received += client.recv(100)
+            assert received == message
+    # recv(65536) per 8-byte message would allocate 64 KiB each time
+    assert instance.seen[0] == {0}

@@ -26,12 +26,17 @@ back to the shared buffer. Only the switch is decided here; what a read returns
 never depends on it.
 
 How: asyncio's ``_SelectorSocketTransport`` picks its read callback once, in
-``set_protocol``: ``_read_ready__get_buffer`` for a ``BufferedProtocol`` (the reader
-is one), ``_read_ready__data_received`` otherwise, and reads ``self.max_size`` bytes
-in the latter. Private names, the same in 3.11, 3.12 and 3.13 (read in their sources);
-the switch is made only where all three are present, so another version or another
-transport (uvloop's, TLS) simply keeps the shared buffer. ``_read_ready`` looks the
-callback up on each call, so replacing it takes effect at the next read.
+``set_protocol`` (``_read_ready__get_buffer`` for a ``BufferedProtocol``, which the
+reader is), and ``_read_ready`` looks it up on each call, so replacing
+``_read_ready_cb`` takes effect at the next read. While switched it is
+``_receive_burst``, which does what the transport's ``_read_ready__data_received``
+does (the same code in 3.11, 3.12 and 3.13, read in their sources), with the size
+given here and several times. Private names: the switch is made only where all of
+them are present (``_NEEDED``), so another version or another transport (uvloop's,
+TLS) simply keeps the shared buffer. Which chunks switch: a bulk read is one whose
+chunks fill it; a ``read(65536)`` answered by 64-byte messages (the bench's ping-pong
+handler) stays on the shared buffer, since ``recv(65536)`` per message would cost a
+64 KiB allocation and, in a burst, a ``recv`` that finds nothing.
 
 The reader keeps ``_recv_size``: 0 while the shared buffer is used, else the size
 ``recv`` is given. The compiled ``data_received`` takes a chunk itself only for a
@@ -65,7 +70,15 @@ RECV_MAX_BYTES = 256 * 1024
 _SOCKET_TRANSPORT: Any = getattr(
     getattr(asyncio, "selector_events", None), "_SelectorSocketTransport", None
 )
-_NEEDED = ("_read_ready_cb", "_read_ready__get_buffer", "_read_ready__data_received")
+#: What the switch uses of that transport (3.11-3.13: the same code in all three).
+_NEEDED = (
+    "_read_ready_cb",
+    "_read_ready__get_buffer",
+    "_read_ready__on_eof",
+    "_sock",
+    "_conn_lost",
+    "_fatal_error",
+)
 
 
 def switchable(transport: Any) -> Any:
@@ -84,25 +97,67 @@ def to_bytes(reader: StreamReader, size: int) -> None:
     if reader._recv_size == size:
         return
     transport = reader._switch
-    transport.max_size = size
-    transport._read_ready_cb = partial(
-        _receive_burst, transport._read_ready__data_received, transport, reader
-    )
+    transport._read_ready_cb = partial(_receive_burst, transport, reader)
     reader._recv_size = size
 
 
-def _receive_burst(receive_once: Any, transport: Any, reader: StreamReader) -> None:
-    """The transport's read callback while switched: up to ``RECV_MAX_BYTES`` per
-    readiness in ``recv(n)`` steps, as long as the handler's next bulk read waits for
-    them (as asyncio's ``Protocol`` reads 256 KiB per readiness)."""
+def to_buffer(reader: StreamReader) -> None:
+    """Receive into the shared buffer again (the transport's own callback)."""
+    transport = reader._switch
+    transport._read_ready_cb = transport._read_ready__get_buffer
+    reader._recv_size = 0
+
+
+def follow_read(reader: StreamReader) -> None:
+    """Receive the way the read waiting now is best served (no read waiting: as before)."""
+    if reader._waiter is None:
+        return
+    if reader._want == SOME and reader._want_size >= BULK_READ_BYTES:
+        to_bytes(reader, reader._want_size)
+    elif reader._recv_size:
+        to_buffer(reader)
+
+
+def _receive_burst(transport: Any, reader: StreamReader) -> None:
+    """The transport's read callback while switched: ``recv(n)`` steps, up to
+    ``RECV_MAX_BYTES`` per readiness while each fills the handler's next bulk read (as
+    asyncio's ``Protocol`` reads 256 KiB at a time), the steps' writes sent together at
+    the end. What one step does is the transport's ``_read_ready__data_received`` with
+    the size given here; a chunk smaller than ``BULK_READ_BYTES`` means the stream is not
+    (or no longer) bulk: the shared buffer takes the next reads, and a message-sized
+    exchange costs no ``recv`` per message that finds nothing."""
     flow = reader.flow
     holds = flow.holding = flow.collecting
     try:
         for _ in range(RECV_MAX_BYTES // reader._recv_size):
-            receive_once()
+            size = reader._recv_size
+            if transport._conn_lost or not size:
+                return
+            try:
+                data = transport._sock.recv(size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                transport._fatal_error(exc, "Fatal read error on socket transport")
+                return
+            if not data:
+                transport._read_ready__on_eof()
+                return
+            try:
+                reader.data_received(data)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                transport._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+                return
+            if len(data) < size:
+                if len(data) < BULK_READ_BYTES and reader._recv_size:
+                    to_buffer(reader)
+                return
             if (
                 reader._waiter is None
-                or not reader._recv_size
                 or reader._buffer
                 or reader._want != SOME
                 or reader._want_size < reader._recv_size
@@ -114,15 +169,3 @@ def _receive_burst(receive_once: Any, transport: Any, reader: StreamReader) -> N
             flow.holding = False
             if flow.pending_writes:
                 flow.flush_writes()
-
-
-def follow_read(reader: StreamReader) -> None:
-    """Receive the way the read waiting now is best served (no read waiting: as before)."""
-    if reader._waiter is None:
-        return
-    if reader._want == SOME and reader._want_size >= BULK_READ_BYTES:
-        to_bytes(reader, reader._want_size)
-    elif reader._recv_size:
-        transport = reader._switch
-        transport._read_ready_cb = transport._read_ready__get_buffer
-        reader._recv_size = 0
