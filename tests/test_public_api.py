@@ -549,6 +549,7 @@ LAYERS: list[tuple[str, ...]] = [
         "aio.loop",
         "aio.watchdog",
         "aio.flow",
+        "aio.gathered_sends",
         "aio.parking",
         "aio.receive_switch",
         "aio.bulk_reads",

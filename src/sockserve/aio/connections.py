@@ -42,7 +42,7 @@ from ..serving.traffic import measure
 from ..tls import tls_info
 from ..tls_handshake import handshake_failure
 from .fastpath import IMPLEMENTATION
-from .flow import writelines_pauses
+from .gathered_sends import pieces_sender
 from .handlers import AsyncBaseRequestHandler
 from .inline import INLINE_RESUMPTION, await_handler
 from .receive_switch import switchable
@@ -181,8 +181,7 @@ async def serve_stream(
     except BaseException:
         sock.close()
         raise
-    if not writelines_pauses(transport):
-        reader.flow.pauses_after_writelines = True
+    reader.flow.send_pieces = pieces_sender(transport)
     writer = _Writer(transport, reader)
     request = (reader, writer)
     details = job.details

@@ -29,7 +29,7 @@ written (every other write first flushes what is collected).
 from __future__ import annotations
 
 import asyncio
-import asyncio.selector_events
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["WRITE_COLLECT_LIMIT_BYTES", "WRITE_HIGH_WATER_BYTES", "FlowControl"]
@@ -75,7 +75,7 @@ class FlowControl:
         "collecting",
         "collect_limit",
         "holding",
-        "pauses_after_writelines",
+        "send_pieces",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, read_limit: int) -> None:
@@ -103,10 +103,9 @@ class FlowControl:
         #: library's transport runs several steps in one read callback
         #: (``receive_switch.py``) and sends their writes together when it ends.
         self.holding = False
-        #: True where the transport's ``writelines`` does not apply flow control itself
-        #: (``writelines_pauses``, below): ``flush_writes`` then asks it to, as its
-        #: ``write`` would have.
-        self.pauses_after_writelines = False
+        #: How several collected writes go out (``gathered_sends.pieces_sender``, set
+        #: per connection); None: the transport's ``writelines``.
+        self.send_pieces: Callable[[list[bytes]], None] | None = None
 
     def set_read_limit(self, limit: int) -> None:
         """The reader's line limit changed: the reading water marks follow it."""
@@ -168,9 +167,10 @@ class FlowControl:
             return
         self.pending_writes = []
         if not transport.is_closing():
-            transport.writelines(pending)
-            if self.pauses_after_writelines:
-                transport._maybe_pause_protocol()
+            if self.send_pieces is None:
+                transport.writelines(pending)
+            else:
+                self.send_pieces(pending)
 
     def stop_collecting(self) -> None:
         """From now on every write goes to the transport at once (after those collected)."""
@@ -200,26 +200,3 @@ class FlowControl:
             if self.is_connection_lost:
                 self._closed.set_result(None)
         return self._closed
-
-
-#: The standard library's socket transport gained its own ``writelines`` in Python 3.12
-#: (one ``sendmsg``, no join), and that method never checks the high-water mark: the
-#: transport buffers without bound and never calls ``pause_writing``, so ``drain()``
-#: never waits (3.12.1 and 3.13.0, read in their sources; 3.11 joins and calls
-#: ``write``, which checks). A handler that floods a client that does not read then
-#: grows the buffer forever and ``write_timeout`` never sees a stalled write (found by
-#: tests/test_slow_clients.py on 3.12). Collected writes go out by ``writelines``, so
-#: on such a transport ``flush_writes`` then calls the check ``write`` makes after
-#: buffering, ``_maybe_pause_protocol`` (the base class's since 3.4, the same in 3.12
-#: and 3.13; its sources read): ``pause_writing`` comes, ``drain()`` waits, and the
-#: writes still go out in one ``sendmsg``, no join (needed by ``receive_switch.py``'s
-#: several steps per read: one send for all of them).
-_SOCKET_TRANSPORT: type = getattr(asyncio.selector_events, "_SelectorSocketTransport", object)
-_WRITELINES_WITHOUT_PAUSE = vars(_SOCKET_TRANSPORT).get("writelines")
-
-
-def writelines_pauses(transport: Any) -> bool:
-    """Whether ``transport.writelines`` applies flow control (see above)."""
-    if _WRITELINES_WITHOUT_PAUSE is None:
-        return True
-    return getattr(type(transport), "writelines", None) is not _WRITELINES_WITHOUT_PAUSE
