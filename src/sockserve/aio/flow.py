@@ -182,6 +182,10 @@ class FlowControl:
     def connection_lost(self, exc: BaseException | None) -> None:
         self.is_connection_lost = True
         self.collecting = False  # the transport reports writes to a lost connection
+        # Nothing is sent any more; and the sender holds the transport, which holds
+        # its protocol: a cycle that kept every closed TLS connection until the garbage
+        # collector ran (tests/test_tls_async_path.py).
+        self.send_pieces = None
         self.pending_writes.clear()
         self.pending_bytes = 0
         if exc is not None:

@@ -55,7 +55,14 @@ from .parking import SOME
 if TYPE_CHECKING:
     from .streams import StreamReader
 
-__all__ = ["BULK_READ_BYTES", "RECV_MAX_BYTES", "follow_read", "switchable", "to_bytes"]
+__all__ = [
+    "BULK_READ_BYTES",
+    "RECV_MAX_BYTES",
+    "follow_read",
+    "switchable",
+    "to_buffer",
+    "to_bytes",
+]
 
 #: The smallest waiting ``read(n)`` served by ``recv(n)``. Measured both ways
 #: (``bench/bulk_quick.py --read-bytes``, medians of 5 rounds): 32 KiB reads 546 µs per

@@ -66,6 +66,7 @@ from .parking import WAKE as _WAKE
 from .parking import parked_read as _parked_read
 from .receive_switch import BULK_READ_BYTES as _BULK_READ_BYTES
 from .receive_switch import follow_read as _follow_read
+from .receive_switch import to_buffer as _to_buffer
 from .receive_switch import to_bytes as _to_bytes
 
 __all__ = [
@@ -312,6 +313,8 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._recv_size:  # the transport's callback holds this reader: let go
+            _to_buffer(self)
         self.flow.connection_lost(exc)
         # Last: the handler may be resumed right here, and must see the state above.
         self._serve_waiter()
