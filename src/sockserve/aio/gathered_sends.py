@@ -22,8 +22,9 @@ chosen here once per connection:
   than one ``sendmsg`` takes) goes the joined way.
 
 Private names of the standard library's transport are read (``_buffer``, ``_sock``,
-``_conn_lost``, ``_eof``, ``_fatal_error``, ``_maybe_pause_protocol``; the same in
-3.11-3.13); where one is missing, ``writelines`` is used as it is.
+``_conn_lost``, ``_eof``, ``_empty_waiter``, ``_fatal_error``,
+``_maybe_pause_protocol``; the same in 3.11-3.13); where one is missing,
+``writelines`` is used as it is.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ MAX_PIECES = 64
 _SOCKET_TRANSPORT: Any = getattr(asyncio.selector_events, "_SelectorSocketTransport", None)
 #: Its own ``writelines`` (3.12+), or None (3.11: the base class's, which joins).
 _OWN_WRITELINES = vars(_SOCKET_TRANSPORT).get("writelines") if _SOCKET_TRANSPORT else None
-_NEEDED_FOR_SENDMSG = ("_buffer", "_sock", "_conn_lost", "_eof", "_fatal_error")
+_NEEDED_FOR_SENDMSG = ("_buffer", "_sock", "_conn_lost", "_eof", "_empty_waiter", "_fatal_error")
 
 
 def pieces_sender(transport: Any) -> Callable[[list[bytes]], None]:
@@ -69,7 +70,13 @@ def _write_joined(transport: Any, pieces: list[bytes]) -> None:
 
 
 def _sendmsg_then_write(transport: Any, pieces: list[bytes]) -> None:
-    if transport._buffer or transport._conn_lost or transport._eof or len(pieces) > MAX_PIECES:
+    if (
+        transport._buffer
+        or transport._conn_lost
+        or transport._eof
+        or transport._empty_waiter is not None  # a sendfile runs: write() refuses
+        or len(pieces) > MAX_PIECES
+    ):
         transport.write(b"".join(pieces))  # the transport's own path decides
         return
     try:
