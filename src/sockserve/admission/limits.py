@@ -119,6 +119,11 @@ class ConnectionLimiter:
     def active(self) -> int:
         return len(self._active)
 
+    @property
+    def is_overloaded(self) -> bool:
+        """Whether an overload episode is open (``note_capacity`` logged its start)."""
+        return self._overloaded_since is not None
+
     def has_room(self, capacity: int | None) -> bool:
         return capacity is None or len(self._active) < capacity
 

@@ -226,7 +226,7 @@ async def serve_stream(
             server._core.forget_details(request)
         if server._core.traffic is not None:
             _measure(job, transport.get_extra_info("socket"))
-        await close_stream(writer, reader, flush_seconds)
+        await close_stream(writer, reader, flush_seconds, is_tls=holder is not None)
 
 
 async def start_tls(
@@ -350,13 +350,18 @@ async def verify(server: Any, request: Any, client_address: Any) -> bool:
 
 
 async def close_stream(
-    writer: StreamWriter, reader: StreamReader, flush_seconds: float = CLOSE_FLUSH_SECONDS
+    writer: StreamWriter,
+    reader: StreamReader,
+    flush_seconds: float = CLOSE_FLUSH_SECONDS,
+    *,
+    is_tls: bool = False,
 ) -> None:
     """Close after the buffered replies are sent; abort if that takes over ``flush_seconds``.
 
     ``flush_seconds=0``: the request was cancelled or interrupted: close at once, and
     abort if replies are still buffered. Cancelled while closing: abort. Either way the
-    socket is closed when this returns.
+    socket is closed (or, on the stdlib loop, closes on the next loop turn, with nothing
+    left to send) when this returns; a TLS connection's close_notify is waited for.
     """
     flow = reader.flow
     # flow.transport, not writer.transport: that property also stops collecting writes
@@ -364,7 +369,6 @@ async def close_stream(
     # A TLS connection the client closed first has dropped its flow's link already
     # (_TLSProtocol.connection_lost): then the writer's is the one left.
     transport = flow.transport if flow.transport is not None else writer._transport
-    closed = flow.closed()
     try:
         if not transport.is_closing():
             if not reader.is_eof_received and transport.can_write_eof():
@@ -390,8 +394,15 @@ async def close_stream(
                 await asyncio.sleep(0)
                 await asyncio.sleep(0)
             transport.close()
-        if flush_seconds <= 0 and transport.get_write_buffer_size():
+        if not is_tls and not transport.get_write_buffer_size():
+            # Nothing left to send: uvloop has closed the socket already, the stdlib
+            # loop closes it on its next turn; waiting for connection_lost would cost a
+            # future, a timer and a wake-up of this task per connection (churn: 3 µs of
+            # server CPU a connection, of 46; python -m bench --workloads churn).
+            return
+        if flush_seconds <= 0:
             transport.abort()
+        closed = flow.closed()
         if closed.done():
             return
         timer = reader._loop.call_later(flush_seconds, transport.abort)
@@ -401,7 +412,7 @@ async def close_stream(
             timer.cancel()
     except asyncio.CancelledError:
         transport.abort()
-        await closed  # abort() closes the socket on the next loop turn: see it done
+        await flow.closed()  # abort() closes the socket on the next loop turn: see it done
         raise
 
 

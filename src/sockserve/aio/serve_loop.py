@@ -63,7 +63,7 @@ class AsyncServeLoop:
     def __init__(self, core: ServingCore) -> None:
         self.core = core
         self.limiter = core.limiter
-        core.wake_loop = self._update_listener
+        core.wake_loop = self._room_freed
         self._in_preludes: set[asyncio.Task[Any]] = set()  # connections in their preludes
         self._last_drain: DrainReport | None = None
         self._lock = threading.Lock()
@@ -227,6 +227,14 @@ class AsyncServeLoop:
             else:
                 loop.remove_reader(self._listener_fd)
 
+    def _room_freed(self) -> None:
+        """A request finished. Freeing a slot can only make room, so a listener already
+        watched stays so: only an open overload episode (whose end is logged) or an
+        unwatched listener needs the full check, which cost 1 µs per connection."""
+        if self._is_listening and not self.limiter.is_overloaded:
+            return
+        self._update_listener()
+
     def _may_accept(self) -> bool:
         server = self._server
         if self._is_stopping or self._is_draining or server is None:
@@ -339,7 +347,7 @@ class AsyncServeLoop:
         elif job is not None:
             job.ticket.was_aborted = True  # shutdown() or a drain's deadline cancelled it
         if job is not None:
-            job.finish()  # the core calls _update_listener: room for the next one
+            job.finish()  # the core calls _room_freed: room for the next one
 
     def _back_off(self) -> None:
         assert self._loop is not None

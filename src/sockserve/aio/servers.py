@@ -71,6 +71,9 @@ class AsyncServerMixIn:
     #: ``ssl_context``: the event loop's own TLS does the handshake (``connections.py``),
     #: not the selector loop's prelude.
     _tls_on_event_loop = True
+    #: The event loop reads each accepted socket's family and type: read them cheaply
+    #: (``sockets.accepted_socket_class``).
+    _accepted_sockets_know_their_kind = True
     slow_callback_duration: float | None = DEFAULT_SLOW_CALLBACK_SECONDS
 
     def __init__(

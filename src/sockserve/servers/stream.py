@@ -22,6 +22,7 @@ from ..admission.tls_prelude import (
 from ..listeners import bind_socket, listen_socket
 from ..sockets import (
     UnixSocketFile,
+    accepted_socket_class,
     apply_unix_socket_mode,
     bound_unix_socket_file,
     check_unix_socket_mode,
@@ -56,6 +57,9 @@ class TCPServer(BaseServer):
     address_family: int = socket.AF_INET
     socket_type: int = socket.SOCK_STREAM
     request_queue_size: int = socket.SOMAXCONN
+    #: Accepted sockets read ``family`` and ``type`` without converting them each time
+    #: (``sockets.accepted_socket_class``); the async servers turn it on.
+    _accepted_sockets_know_their_kind = False
     allow_reuse_address: bool = False
     allow_reuse_port: bool = False
     dual_stack: bool = False
@@ -113,7 +117,9 @@ class TCPServer(BaseServer):
         self._unix_path_created: UnixSocketFile | None = None
         #: (pid, socket) of the listener this server bound itself: see owns_listener().
         self._bound_listener: tuple[int, socket.socket] | None = None
-        self._accepted_socket_triple: tuple[socket.socket, int, int, int] | None = None
+        self._accepted_socket_triple: (
+            tuple[socket.socket, int, int, int, type[socket.socket]] | None
+        ) = None
         self.socket = open_socket(family, self.socket_type, dual_stack=self.dual_stack)
         if family == getattr(socket, "AF_INET6", None):
             self._core.peer_checks.insert(0, UnmapIPv4())
@@ -182,10 +188,14 @@ class TCPServer(BaseServer):
         # fixed for a listener, so convert once.
         triple = self._accepted_socket_triple
         if triple is None or triple[0] is not listener:
-            triple = (listener, int(listener.family), int(listener.type), listener.proto)
+            kind = socket.socket
+            if self._accepted_sockets_know_their_kind:
+                kind = accepted_socket_class(listener)
+            family, sock_type = int(listener.family), int(listener.type)
+            triple = (listener, family, sock_type, listener.proto, kind)
             self._accepted_socket_triple = triple
         fd, address = listener._accept()  # type: ignore[attr-defined]
-        conn = socket.socket(triple[1], triple[2], triple[3], fileno=fd)
+        conn = triple[4](triple[1], triple[2], triple[3], fileno=fd)
         if socket.getdefaulttimeout() is None and listener.gettimeout():
             conn.setblocking(True)  # as socket.accept() does for a listener with a timeout
         return conn, address

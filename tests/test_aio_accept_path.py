@@ -1,0 +1,152 @@
+"""The async mode's per-connection path, accept to close (issue 15, per-connection cost).
+
+What the cuts must not change: ``verify_request`` still gets the accepted socket;
+accepted sockets read as ``socket.accept()``'s do; a connection the client closed first
+is closed without the server waiting for it, yet a flush still sends every reply before
+the FIN and the slot comes back; an overload episode's end is still logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+from sockserve import TCPServer
+from sockserve.aio import AsyncStreamRequestHandler, AsyncTCPServer
+from sockserve.testing import serve_in_thread
+from test_aio import LOOPS
+
+#: Every client socket's timeout: generous, it only bounds a failing test.
+CLIENT_TIMEOUT = 10.0
+
+
+class _Echo(AsyncStreamRequestHandler):
+    async def handle(self) -> None:
+        while data := await self.reader.read(65536):
+            self.writer.write(data)
+            await self.writer.drain()
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_verify_request_still_sees_the_accepted_socket(event_loop: str) -> None:
+    seen: list[Any] = []
+
+    class Verifying(AsyncTCPServer):
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            seen.append(request)
+            return True
+
+    with (
+        Verifying(("127.0.0.1", 0), _Echo, event_loop=event_loop) as server,
+        serve_in_thread(server),
+        socket.create_connection(server.server_address, CLIENT_TIMEOUT) as client,
+    ):
+        client.sendall(b"ping")
+        assert client.recv(16) == b"ping"
+    assert len(seen) == 1
+    assert isinstance(seen[0], socket.socket)
+
+
+def test_accepted_sockets_read_as_socket_accept_ones() -> None:
+    with (
+        AsyncTCPServer(("127.0.0.1", 0), _Echo) as async_server,
+        TCPServer(("127.0.0.1", 0), _Echo) as sync_server,
+    ):
+        for server in (async_server, sync_server):
+            with socket.create_connection(server.server_address, CLIENT_TIMEOUT):
+                request, _ = server.get_request()
+            with request, socket.create_connection(server.server_address, CLIENT_TIMEOUT):
+                reference, _ = server.socket.accept()
+                with reference:
+                    assert isinstance(request, socket.socket)
+                    assert repr(request.family) == repr(reference.family)
+                    assert repr(request.type) == repr(reference.type)
+                    assert request.proto == reference.proto
+                    assert repr(request).split(" fd=")[0] == repr(reference).split(" fd=")[0]
+                    # The async server's sockets go to its event loop; the synchronous
+                    # server's stay exactly socket.socket (multiprocessing pickles those).
+                    assert (type(request) is socket.socket) is (server is sync_server)
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_client_closing_first_gets_every_reply_and_the_slot_back(event_loop: str) -> None:
+    # More than the socket buffers hold: the handler ends with replies still buffered,
+    # which the close must flush before its FIN.
+    payload = b"x" * (4 * 1024 * 1024)
+
+    def send_all_then_end(client: socket.socket) -> None:
+        client.sendall(payload)
+        client.shutdown(socket.SHUT_WR)
+
+    with (
+        AsyncTCPServer(("127.0.0.1", 0), _Echo, event_loop=event_loop) as server,
+        serve_in_thread(server),
+    ):
+        for _ in range(20):
+            with socket.create_connection(server.server_address, CLIENT_TIMEOUT) as client:
+                client.sendall(b"hello")
+                assert client.recv(16) == b"hello"
+        with socket.create_connection(server.server_address, CLIENT_TIMEOUT) as client:
+            sender = threading.Thread(target=send_all_then_end, args=(client,))
+            sender.start()
+            received = bytearray()
+            while chunk := client.recv(1 << 20):  # until the server's FIN
+                received += chunk
+            sender.join(CLIENT_TIMEOUT)
+        assert bytes(received) == payload
+    stats = server.stats()
+    assert (stats.accepted, stats.finished, stats.active) == (21, 21, 0)
+
+
+class _Seen(logging.Handler):
+    """Sets ``event`` when a record containing ``text`` is logged (from any thread)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+def test_the_end_of_an_overload_episode_is_still_logged() -> None:
+    release = threading.Event()
+
+    class Holding(AsyncStreamRequestHandler):
+        async def handle(self) -> None:
+            await self.reader.read(1)
+            await asyncio.get_running_loop().run_in_executor(None, release.wait, CLIENT_TIMEOUT)
+
+    started, ended = _Seen("reached; refusing new clients"), _Seen("below max_connections again")
+    logger = logging.getLogger("sockserve.limits")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # the episode's end is an INFO line
+    logger.addHandler(started)
+    logger.addHandler(ended)
+    try:
+        with (
+            AsyncTCPServer(
+                ("127.0.0.1", 0), Holding, max_connections=1, overload_policy="reject"
+            ) as server,
+            serve_in_thread(server),
+            socket.create_connection(server.server_address, CLIENT_TIMEOUT) as held,
+        ):
+            held.sendall(b"x")
+            with socket.create_connection(server.server_address, CLIENT_TIMEOUT) as refused:
+                assert refused.recv(16) == b""  # accepted, refused, closed
+            assert started.event.wait(CLIENT_TIMEOUT)
+            release.set()
+            # logged as the held request finishes: its slot frees the episode's end
+            assert ended.event.wait(CLIENT_TIMEOUT)
+    finally:
+        release.set()
+        logger.removeHandler(started)
+        logger.removeHandler(ended)
+        logger.setLevel(level)
