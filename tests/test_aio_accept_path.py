@@ -9,6 +9,7 @@ the FIN and the slot comes back; an overload episode's end is still logged.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import threading
@@ -150,3 +151,28 @@ def test_the_end_of_an_overload_episode_is_still_logged() -> None:
         logger.removeHandler(started)
         logger.removeHandler(ended)
         logger.setLevel(level)
+
+
+def test_an_empty_accept_queue_after_emfile_ends_the_episode(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An accept batch can end in EMFILE although no client waits (Linux allocates the
+    # descriptor before it looks at the queue); the next look finding the queue empty
+    # (EAGAIN) proves descriptors are free, so the episode's end is logged without
+    # waiting for another client.
+    from sockserve import listeners
+
+    now = [1000.0]
+    monkeypatch.setattr(listeners.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(listeners, "_ACCEPT_ALLOCATES_FIRST", True)
+    caplog.set_level(logging.INFO, logger=listeners.log.name)
+    backoff = listeners.AcceptBackoff()
+    backoff.record_failure(OSError(errno.EMFILE, "Too many open files"), ("127.0.0.1", 1))
+    now[0] += listeners.ACCEPT_EPISODE_END_SECONDS + 1
+    backoff.flush()
+    assert "works again" not in caplog.text  # nothing has worked yet
+    backoff.record_empty_queue()
+    assert backoff.seconds_left() == 0
+    backoff.flush()
+    assert "works again after 1 failed attempts" in caplog.text
+    assert not backoff.is_backing_off

@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import sys
 import time
 from typing import Any
 
@@ -72,6 +73,9 @@ ACCEPT_BACKOFF_MAX = 1.0
 #: twice the longest pause, so that a failure right after a pause still counts as the
 #: same episode.
 ACCEPT_EPISODE_END_SECONDS = 2 * ACCEPT_BACKOFF_MAX
+
+#: Whether ``accept()`` reports EMFILE before EAGAIN (``record_empty_queue``): Linux.
+_ACCEPT_ALLOCATES_FIRST = sys.platform.startswith("linux")
 
 
 def bind_socket(sock: socket.socket, address: Any) -> None:
@@ -186,6 +190,14 @@ class AcceptBackoff:
             self._worked_since_failure = True
             self.resume_at = 0.0
             self.flush()
+
+    def record_empty_queue(self) -> None:
+        """``accept()`` found no connection waiting. On Linux it allocates the new
+        descriptor before it looks at the queue (``do_accept``), so that answer also
+        says descriptors are free again: the episode may end as after a success."""
+        if self.failures_in_episode and _ACCEPT_ALLOCATES_FIRST:
+            self._worked_since_failure = True
+            self.resume_at = 0.0
 
     def flush(self) -> None:
         """End the episode (one info line) if accepts have worked long enough since the

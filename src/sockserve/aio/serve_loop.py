@@ -266,6 +266,7 @@ class AsyncServeLoop:
             request, client_address = server.get_request()
         except OSError as exc:
             if isinstance(exc, BlockingIOError):
+                core.backoff.record_empty_queue()
                 return None
             if exc.errno in TRANSIENT_ACCEPT_ERRNOS:
                 return False  # that one connection failed; the next may be fine
@@ -357,7 +358,13 @@ class AsyncServeLoop:
 
     def _end_back_off(self) -> None:
         self._back_off_timer = None
-        self._update_listener()
+        if self._may_accept() and self._listener_fd >= 0:
+            # Look once even if no client waits: an accept batch can end in EMFILE on an
+            # empty queue (Linux allocates the descriptor first), and without a look the
+            # episode would stay open until the next client, its "works again" line with it.
+            self._on_readable()
+        else:
+            self._update_listener()
 
     def _describe(self, task: asyncio.Task[Any]) -> str | None:
         """For the watchdog (another thread): which handler and client a task serves."""
