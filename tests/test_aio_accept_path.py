@@ -20,7 +20,7 @@ import pytest
 from sockserve import TCPServer
 from sockserve.aio import AsyncStreamRequestHandler, AsyncTCPServer
 from sockserve.testing import serve_in_thread
-from test_aio import LOOPS
+from test_aio import LOOPS, _Signal
 
 #: Every client socket's timeout: generous, it only bounds a failing test.
 CLIENT_TIMEOUT = 10.0
@@ -104,19 +104,6 @@ def test_client_closing_first_gets_every_reply_and_the_slot_back(event_loop: str
     assert (stats.accepted, stats.finished, stats.active) == (21, 21, 0)
 
 
-class _Seen(logging.Handler):
-    """Sets ``event`` when a record containing ``text`` is logged (from any thread)."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-        self.event = threading.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.text in record.getMessage():
-            self.event.set()
-
-
 def test_the_end_of_an_overload_episode_is_still_logged() -> None:
     release = threading.Event()
 
@@ -125,7 +112,10 @@ def test_the_end_of_an_overload_episode_is_still_logged() -> None:
             await self.reader.read(1)
             await asyncio.get_running_loop().run_in_executor(None, release.wait, CLIENT_TIMEOUT)
 
-    started, ended = _Seen("reached; refusing new clients"), _Seen("below max_connections again")
+    started, ended = (
+        _Signal("reached; refusing new clients"),
+        _Signal("below max_connections again"),
+    )
     logger = logging.getLogger("sockserve.limits")
     level = logger.level
     logger.setLevel(logging.INFO)  # the episode's end is an INFO line
@@ -142,10 +132,10 @@ def test_the_end_of_an_overload_episode_is_still_logged() -> None:
             held.sendall(b"x")
             with socket.create_connection(server.server_address, CLIENT_TIMEOUT) as refused:
                 assert refused.recv(16) == b""  # accepted, refused, closed
-            assert started.event.wait(CLIENT_TIMEOUT)
+            assert started.seen.wait(CLIENT_TIMEOUT)
             release.set()
             # logged as the held request finishes: its slot frees the episode's end
-            assert ended.event.wait(CLIENT_TIMEOUT)
+            assert ended.seen.wait(CLIENT_TIMEOUT)
     finally:
         release.set()
         logger.removeHandler(started)

@@ -29,10 +29,12 @@ Private names of the standard library's transport are read (``_buffer``, ``_sock
 
 from __future__ import annotations
 
-import asyncio.selector_events
+import socket
 from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
+
+from .loop import STDLIB_SOCKET_TRANSPORT, is_stdlib_socket_transport
 
 __all__ = ["pieces_sender"]
 
@@ -40,22 +42,24 @@ __all__ = ["pieces_sender"]
 #: more than this in one step means small writes, which joining costs little.
 MAX_PIECES = 64
 
-_SOCKET_TRANSPORT: Any = getattr(asyncio.selector_events, "_SelectorSocketTransport", None)
-#: Its own ``writelines`` (3.12+), or None (3.11: the base class's, which joins).
-_OWN_WRITELINES = vars(_SOCKET_TRANSPORT).get("writelines") if _SOCKET_TRANSPORT else None
+#: The transport's own ``writelines`` (3.12+), or None (3.11: the base class's, which joins).
+_OWN_WRITELINES = (
+    vars(STDLIB_SOCKET_TRANSPORT).get("writelines") if STDLIB_SOCKET_TRANSPORT else None
+)
 _NEEDED_FOR_SENDMSG = ("_buffer", "_sock", "_conn_lost", "_eof", "_empty_waiter", "_fatal_error")
+_NEEDED_FOR_PAUSE = ("_maybe_pause_protocol",)
+#: ``sendmsg`` is missing on some platforms (Windows).
+_HAS_SENDMSG = hasattr(socket.socket, "sendmsg")
 
 
 def pieces_sender(transport: Any) -> Callable[[list[bytes]], None]:
     """The function that sends a list of collected writes on ``transport``."""
-    if _SOCKET_TRANSPORT is not None and type(transport) is _SOCKET_TRANSPORT:
+    if is_stdlib_socket_transport(transport, ()):
         if _OWN_WRITELINES is not None:
-            if hasattr(transport, "_maybe_pause_protocol"):
+            if is_stdlib_socket_transport(transport, _NEEDED_FOR_PAUSE):
                 return partial(_writelines_then_pause, transport)
             return partial(_write_joined, transport)  # (write() makes the check)
-        if all(hasattr(transport, name) for name in _NEEDED_FOR_SENDMSG) and hasattr(
-            transport._sock, "sendmsg"
-        ):
+        if _HAS_SENDMSG and is_stdlib_socket_transport(transport, _NEEDED_FOR_SENDMSG):
             return partial(_sendmsg_then_write, transport)
     return cast("Callable[[list[bytes]], None]", transport.writelines)
 

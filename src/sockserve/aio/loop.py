@@ -12,8 +12,10 @@ server built before ``fork()`` creates its loop in the process that serves.
 from __future__ import annotations
 
 import asyncio
+import asyncio.selector_events
 import importlib
 from collections.abc import Callable
+from typing import Any
 
 from ..errors import ConfigurationError
 
@@ -56,3 +58,23 @@ def _uvloop_factory() -> LoopFactory | None:
         return None
     factory: LoopFactory = uvloop.new_event_loop
     return factory
+
+
+#: The standard library's plain socket transport (private; None if a Python lacks it).
+STDLIB_SOCKET_TRANSPORT: Any = getattr(asyncio.selector_events, "_SelectorSocketTransport", None)
+#: Whether that transport has a set of private names, by the names: answered by the
+#: first transport asked (the names are its class's or set by its ``__init__``), so a
+#: connection pays one type check and one dict lookup.
+_HAS_NAMES: dict[tuple[str, ...], bool] = {}
+
+
+def is_stdlib_socket_transport(transport: Any, private_names: tuple[str, ...]) -> bool:
+    """Whether ``transport`` is the standard library's plain socket transport and has
+    ``private_names`` (what ``receive_switch`` and ``gathered_sends`` use of it)."""
+    if STDLIB_SOCKET_TRANSPORT is None or type(transport) is not STDLIB_SOCKET_TRANSPORT:
+        return False
+    has_names = _HAS_NAMES.get(private_names)
+    if has_names is None:
+        has_names = all(hasattr(transport, name) for name in private_names)
+        _HAS_NAMES[private_names] = has_names
+    return has_names

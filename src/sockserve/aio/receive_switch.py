@@ -46,10 +46,10 @@ Python ``data_received``), which switches back.
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from .loop import is_stdlib_socket_transport
 from .parking import SOME
 
 if TYPE_CHECKING:
@@ -74,9 +74,6 @@ BULK_READ_BYTES = 32 * 1024
 #: this much per step (it asked for "up to n").
 RECV_MAX_BYTES = 256 * 1024
 
-_SOCKET_TRANSPORT: Any = getattr(
-    getattr(asyncio, "selector_events", None), "_SelectorSocketTransport", None
-)
 #: What the switch uses of that transport (3.11-3.13: the same code in all three).
 _NEEDED = (
     "_read_ready_cb",
@@ -91,11 +88,7 @@ _NEEDED = (
 def switchable(transport: Any) -> Any:
     """``transport`` if its receiving can be switched (the standard library's plain
     socket transport), else None."""
-    if _SOCKET_TRANSPORT is None or type(transport) is not _SOCKET_TRANSPORT:
-        return None
-    if not all(hasattr(transport, name) for name in _NEEDED):
-        return None
-    return transport
+    return transport if is_stdlib_socket_transport(transport, _NEEDED) else None
 
 
 def to_bytes(reader: StreamReader, size: int) -> None:

@@ -244,7 +244,8 @@ class StreamReader(asyncio.BufferedProtocol, asyncio.Protocol):
         if filled is None:
             size = self._want_size
             if self._want == _SOME and self._waiter is not None:
-                if nbytes >= _BULK_READ_BYTES <= size and self._switch is not None:
+                is_bulk = nbytes >= _BULK_READ_BYTES and size >= _BULK_READ_BYTES
+                if is_bulk and self._switch is not None:
                     _to_bytes(self, size)  # a bulk stream: the next reads recv(size)
                 if nbytes > size > 0 and not self._buffer:
                     self._hold_pieces(nbytes, size)  # a bulk read(n): cut to n, copied once
