@@ -1,4 +1,4 @@
-"""Quick bulk echo on the standard library's loop: server CPU per MB, rounds interleaved.
+"""Quick bulk echo (or churn) in the async mode: server CPU per MB (per connection).
 
 One connection of the C load generator (``bench/loadgen.c``, bulk mode: 64 KiB writes,
 counting the echo) against, in turn: asyncio's bare ``Protocol`` echo, and
@@ -8,8 +8,11 @@ each server's µs of CPU per MB in every round, and the median. Per-MB CPU on lo
 moves with the dynamics (a server that keeps the load generator busy spares itself the
 wake-ups), so compare medians of several rounds run back to back, not single runs.
 
+``--mode churn``: the load generator's churn mode instead (16 slots: connect, send 64
+bytes, read them back, close), the same servers; printed per connection.
+
     python bench/bulk_quick.py [--read-bytes 65536] [--seconds 2] [--rounds 5]
-                               [--loop asyncio|uvloop] [SRC_DIR ...]
+                               [--loop asyncio|uvloop] [--mode bulk|churn] [SRC_DIR ...]
 
 Without SRC_DIR: this checkout's ``src``. ``--profile perf|strace`` records the last
 sockserve server of the last round (``perf record -g`` / ``strace -c``) into the
@@ -56,9 +59,12 @@ else:
     class Echo(AsyncStreamRequestHandler):
         async def handle(self):
             reader, writer = self.reader, self.writer
-            while data := await reader.read(READ_BYTES):
-                writer.write(data)
-                await writer.drain()
+            try:
+                while data := await reader.read(READ_BYTES):
+                    writer.write(data)
+                    await writer.drain()
+            except ConnectionError:
+                pass
     server = sockserve.AsyncTCPServer(("127.0.0.1", 0), Echo, event_loop=LOOP)
     print(server.server_address[1], flush=True)
     server.serve_forever()
@@ -73,7 +79,7 @@ def cpu_seconds(pid: int) -> float:
 def run_once(
     kind: str, src: str, args: argparse.Namespace, loadgen: Path, profile: str | None
 ) -> float:
-    """One server, one measured run: µs of server CPU per MB echoed."""
+    """One server, one measured run: µs of server CPU per MB echoed (per connection)."""
     code = f"SRC={src!r}\nKIND={kind!r}\nREAD_BYTES={args.read_bytes}\nLOOP={args.loop!r}\n"
     server = subprocess.Popen(
         [sys.executable, "-c", code + SERVER], stdout=subprocess.PIPE, text=True
@@ -81,8 +87,9 @@ def run_once(
     try:
         assert server.stdout is not None
         port = server.stdout.readline().strip()
-        command = ["taskset", "-c", "1", str(loadgen), "--port", port, "--mode", "bulk"]
-        command += ["--conns", "1", "--warmup", "0.5", "--duration", str(args.seconds)]
+        command = ["taskset", "-c", "1", str(loadgen), "--port", port, "--mode", args.mode]
+        conns = "1" if args.mode == "bulk" else "16"
+        command += ["--conns", conns, "--warmup", "0.5", "--duration", str(args.seconds)]
         load = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
         assert load.stdout is not None
         assert load.stdin is not None
@@ -94,12 +101,12 @@ def run_once(
                 start = cpu_seconds(server.pid)
                 if profile == "perf":
                     recorder = subprocess.Popen(
-                        ["perf", "record", "-g", "-o", "bulk.perf.data", "-p", str(server.pid)],
+                        ["perf", "record", "-g", "-o", f"{args.mode}.perf.data", "-p", str(server.pid)],
                         stderr=subprocess.DEVNULL,
                     )
                 elif profile == "strace":
                     recorder = subprocess.Popen(
-                        ["strace", "-c", "-f", "-o", "bulk.strace.txt", "-p", str(server.pid)]
+                        ["strace", "-c", "-f", "-o", f"{args.mode}.strace.txt", "-p", str(server.pid)]
                     )
             elif line.startswith("MARK end"):
                 end = cpu_seconds(server.pid)
@@ -112,6 +119,8 @@ def run_once(
                 result = json.loads(line.split(" ", 1)[1])
                 break
         load.wait()
+        if args.mode == "churn":
+            return (end - start) * 1e6 / result["requests"]
         return (end - start) * 1e6 / (result["bytes"] / 1e6)
     finally:
         server.kill()
@@ -125,6 +134,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
+    parser.add_argument("--mode", default="bulk", choices=["bulk", "churn"])
     parser.add_argument("--profile", choices=["perf", "strace"])
     args = parser.parse_args()
     sources = args.sources or [str(HERE.parent / "src")]
@@ -136,7 +146,8 @@ def main() -> None:
             last = round_number == args.rounds - 1 and index == len(servers) - 1
             figure = run_once(kind, src, args, loadgen, args.profile if last else None)
             figures[f"{kind} {src}"].append(figure)
-    print(f"µs of server CPU per MB, read({args.read_bytes}), {args.loop} loop:")
+    unit = "MB" if args.mode == "bulk" else "connection"
+    print(f"µs of server CPU per {unit}, {args.mode}, read({args.read_bytes}), {args.loop} loop:")
     for name, values in figures.items():
         rounds = " ".join(f"{value:.0f}" for value in values)
         label = name if name.startswith("sockserve") else "asyncio/uvloop Protocol"
