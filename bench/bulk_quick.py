@@ -100,13 +100,15 @@ def run_once(
             if line.startswith("MARK start"):
                 start = cpu_seconds(server.pid)
                 if profile == "perf":
+                    output = f"{args.mode}.perf.data"
                     recorder = subprocess.Popen(
-                        ["perf", "record", "-g", "-o", f"{args.mode}.perf.data", "-p", str(server.pid)],
+                        ["perf", "record", "-g", "-o", output, "-p", str(server.pid)],
                         stderr=subprocess.DEVNULL,
                     )
                 elif profile == "strace":
+                    output = f"{args.mode}.strace.txt"
                     recorder = subprocess.Popen(
-                        ["strace", "-c", "-f", "-o", f"{args.mode}.strace.txt", "-p", str(server.pid)]
+                        ["strace", "-c", "-f", "-o", output, "-p", str(server.pid)]
                     )
             elif line.startswith("MARK end"):
                 end = cpu_seconds(server.pid)
