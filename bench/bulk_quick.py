@@ -9,7 +9,9 @@ moves with the dynamics (a server that keeps the load generator busy spares itse
 wake-ups), so compare medians of several rounds run back to back, not single runs.
 
 ``--mode churn``: the load generator's churn mode instead (16 slots: connect, send 64
-bytes, read them back, close), the same servers; printed per connection.
+bytes, read them back, close; from 200 loopback addresses, as ``python -m bench``), the
+same servers; printed per connection. ``--peers`` chooses the bare servers measured
+beside sockserve (``protocol,floor,task,streams``; ``--help`` says what each is).
 
     python bench/bulk_quick.py [--read-bytes 65536] [--seconds 2] [--rounds 5]
                                [--loop asyncio|uvloop] [--mode bulk|churn] [SRC_DIR ...]
@@ -38,14 +40,68 @@ SERVER = r"""
 import asyncio, os, sys
 sys.path.insert(0, SRC)
 os.sched_setaffinity(0, {0})
-if KIND == "protocol":
+if KIND in ("protocol", "floor", "task", "streams"):
     class Echo(asyncio.Protocol):
         def connection_made(self, transport):
             self.transport = transport
         def data_received(self, data):
             self.transport.write(data)
+
+    class _NextChunk:
+        __slots__ = ()
+        def __await__(self):
+            return (yield self)
+
+    NEXT_CHUNK = _NextChunk()
+    RUNNING = []  # the loop (on 3.11, get_running_loop() makes a getpid system call)
+
+    class Floor(asyncio.Protocol):
+        # The least an awaiting handler can cost: a coroutine per connection, resumed by
+        # data_received with the chunk itself; no task, future, reader or drain.
+        def connection_made(self, transport):
+            self.transport = transport
+            self.resume = self.handle(transport.write).send
+            self.resume(None)
+        async def handle(self, write):
+            while data := await NEXT_CHUNK:
+                write(data)
+        def data_received(self, data):
+            self.resume(data)
+        def eof_received(self):
+            try:
+                self.resume(b"")
+            except StopIteration:
+                pass
+
+    class TaskFloor(Floor):
+        # The least a server that gives each connection an asyncio Task can cost (what
+        # asyncio.timeout, TaskGroup and current_task() in a handler need): the Task
+        # exists, but the handler is resumed by data_received as in Floor; the Task only
+        # waits for the handler's end.
+        def connection_made(self, transport):
+            self.ended = RUNNING[0].create_future()
+            super().connection_made(transport)
+            RUNNING[0].create_task(self.wait_for_end())
+        async def wait_for_end(self):
+            await self.ended
+        def eof_received(self):
+            super().eof_received()
+            self.ended.set_result(None)
+
+    async def echo_streams(reader, writer):
+        while data := await reader.read(READ_BYTES):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
     async def main():
-        server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        RUNNING.append(loop)
+        if KIND == "streams":
+            server = await asyncio.start_server(echo_streams, "127.0.0.1", 0)
+        else:
+            factory = {"floor": Floor, "task": TaskFloor}.get(KIND, Echo)
+            server = await loop.create_server(factory, "127.0.0.1", 0)
         print(server.sockets[0].getsockname()[1], flush=True)
         await asyncio.Event().wait()
     if LOOP == "uvloop":
@@ -90,6 +146,8 @@ def run_once(
         command = ["taskset", "-c", "1", str(loadgen), "--port", port, "--mode", args.mode]
         conns = "1" if args.mode == "bulk" else "16"
         command += ["--conns", conns, "--warmup", "0.5", "--duration", str(args.seconds)]
+        if args.mode == "churn":
+            command += ["--sources", "200"]  # as python -m bench: connect() finds ports fast
         load = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
         assert load.stdout is not None
         assert load.stdin is not None
@@ -137,11 +195,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"])
     parser.add_argument("--mode", default="bulk", choices=["bulk", "churn"])
+    parser.add_argument(
+        "--peers",
+        default="protocol",
+        help="comma list of bare peers on the same loop: protocol (an echo Protocol), "
+        "floor (a coroutine per connection resumed by data_received: no task, future or "
+        "reader), task (floor plus an asyncio Task per connection that waits for the "
+        "handler's end), streams (asyncio.start_server)",
+    )
     parser.add_argument("--profile", choices=["perf", "strace"])
     args = parser.parse_args()
     sources = args.sources or [str(HERE.parent / "src")]
     loadgen = compile_c("loadgen.c")
-    servers = [("protocol", sources[0])] + [("sockserve", src) for src in sources]
+    peers = [(kind, sources[0]) for kind in args.peers.split(",") if kind]
+    servers = peers + [("sockserve", src) for src in sources]
     figures: dict[str, list[float]] = {f"{kind} {src}": [] for kind, src in servers}
     for round_number in range(args.rounds):
         for index, (kind, src) in enumerate(servers):
@@ -152,7 +219,7 @@ def main() -> None:
     print(f"µs of server CPU per {unit}, {args.mode}, read({args.read_bytes}), {args.loop} loop:")
     for name, values in figures.items():
         rounds = " ".join(f"{value:.0f}" for value in values)
-        label = name if name.startswith("sockserve") else "asyncio/uvloop Protocol"
+        label = name if name.startswith("sockserve") else name.split(" ")[0]
         print(f"  {label}: median {statistics.median(values):.0f}  ({rounds})")
 
 
