@@ -20,7 +20,7 @@ import pytest
 from sockserve import TCPServer
 from sockserve.aio import AsyncStreamRequestHandler, AsyncTCPServer
 from sockserve.testing import serve_in_thread
-from test_aio import LOOPS, _Signal
+from test_aio import LOOPS, _run, _Signal
 
 #: Every client socket's timeout: generous, it only bounds a failing test.
 CLIENT_TIMEOUT = 10.0
@@ -166,3 +166,110 @@ def test_an_empty_accept_queue_after_emfile_ends_the_episode(
     backoff.flush()
     assert "works again after 1 failed attempts" in caplog.text
     assert not backoff.is_backing_off
+
+
+# -- the opening, done in the accept callback (aio/opening.py) ---------------------------------
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_verify_request_refuses_before_any_task_and_each_ending_is_counted(
+    event_loop: str,
+) -> None:
+    verdicts = iter([False, True])
+    answered = threading.Event()
+
+    class Verifying(AsyncTCPServer):
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            answer = next(verdicts, True)
+            answered.set()
+            return answer
+
+    with (
+        Verifying(("127.0.0.1", 0), _Echo, event_loop=event_loop) as server,
+        serve_in_thread(server),
+    ):
+        with socket.create_connection(server.server_address, CLIENT_TIMEOUT) as refused:
+            assert refused.recv(16) == b""  # closed unserved
+        with socket.create_connection(server.server_address, CLIENT_TIMEOUT) as client:
+            client.sendall(b"served")
+            assert client.recv(16) == b"served"
+    stats = server.stats()
+    assert (stats.accepted, stats.finished, stats.active) == (2, 2, 0)
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_a_stop_before_a_begun_connection_starts_closes_it(event_loop: str) -> None:
+    # verify_request asks the server to stop: the connection's transport is made, but its
+    # task is cancelled before its first step; the transport and socket must close (a
+    # socket left to the garbage collector fails the test with a ResourceWarning).
+    class Stopping(AsyncTCPServer):
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            self.shutdown()  # on the loop's thread: only asks
+            return True
+
+    with (
+        Stopping(("127.0.0.1", 0), _Echo, event_loop=event_loop) as server,
+        serve_in_thread(server),
+        socket.create_connection(server.server_address, CLIENT_TIMEOUT) as client,
+    ):
+        try:
+            assert client.recv(16) == b""
+        except ConnectionResetError:
+            pass  # closed with our bytes unread: a reset is a close too
+    assert server.stats().active == 0
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_awaiting_an_opening_before_connection_made_waits_for_it(event_loop: str) -> None:
+    # The uncommon order (a task that runs before the loop's connection_made, as with an
+    # eager task factory): the task waits for it, then takes the transport.
+    from sockserve.aio.opening import Opening
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        with theirs:
+            protocol = asyncio.Protocol()
+            connecting = loop.connect_accepted_socket(lambda: protocol, ours)
+            waiting = connecting.send(None)
+            transport = await Opening(True, None, connecting, waiting)
+            assert transport.get_protocol() is protocol
+            theirs.setblocking(False)
+            transport.write(b"made")
+            assert await _receive(loop, theirs) == b"made"
+            transport.close()
+            assert await _receive(loop, theirs) == b""
+
+    _run(main(), event_loop)
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
+def test_an_opening_cancelled_while_waiting_closes_its_transport(event_loop: str) -> None:
+    from sockserve.aio.opening import Opening
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        with theirs:
+            opening = Opening(True)
+
+            async def take_over() -> None:
+                await opening
+
+            # The task first: its step runs before the loop's connection_made, so it waits.
+            task = loop.create_task(take_over())
+            opening.connecting = loop.connect_accepted_socket(asyncio.Protocol, ours)
+            opening.waiting = opening.connecting.send(None)
+            await asyncio.sleep(0)  # the task has started to wait ...
+            assert not task.done()
+            task.cancel()  # ... and is cancelled there
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            theirs.setblocking(False)
+            assert await _receive(loop, theirs) == b""  # the loop's cleanup closed it
+
+    _run(main(), event_loop)
+
+
+async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    return await asyncio.wait_for(loop.sock_recv(sock, 16), CLIENT_TIMEOUT)

@@ -559,9 +559,10 @@ LAYERS: list[tuple[str, ...]] = [
         "aio.inline",
         "aio.datagrams",
         "aio.preludes",
+        "aio.endings",
     ),
     ("aio._fastpath",),  # compiled (optional): it imports nothing of the package
-    ("aio.handlers", "aio.fastpath"),
+    ("aio.handlers", "aio.fastpath", "aio.opening"),
     ("aio.connections",),
     ("aio.serve_loop",),
     ("aio.servers",),

@@ -26,25 +26,23 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
-import logging
 import socket
 import ssl
 from functools import partial
 from typing import Any
 
-from ..addresses import format_address
 from ..admission.tls_prelude import tls_holder
 from ..errors import SlowPeerError, TLSHandshakeError
-from ..handler_errors import call_handle_error, peer_fault_kind
 from ..serving.connection_watch import ConnectionWatch
-from ..serving.job import HANDLER_ERROR, SERVED, UNVERIFIED, RequestJob
-from ..serving.traffic import measure
+from ..serving.job import SERVED, UNVERIFIED, RequestJob
 from ..tls import tls_info
 from ..tls_handshake import handshake_failure
+from .endings import end_lost_before_serving, end_unverified, measure_traffic, report_ending
 from .fastpath import IMPLEMENTATION
 from .gathered_sends import pieces_sender
 from .handlers import AsyncBaseRequestHandler
 from .inline import INLINE_RESUMPTION, await_handler
+from .opening import Opening
 from .receive_switch import switchable
 from .streams import StreamReader
 from .writer import StreamWriter
@@ -55,8 +53,8 @@ _Reader, _Writer, _Driver = (
     IMPLEMENTATION.writer_class,
     IMPLEMENTATION.driver_class,
 )
-
-log = logging.getLogger("sockserve.aio.connections")
+#: The reader class, for the accept callback that begins a connection (``opening.py``).
+READER_CLASS = _Reader
 
 
 class _TLSProtocol(asyncio.BufferedProtocol):
@@ -127,6 +125,7 @@ async def serve_stream(
     receive_view: memoryview,
     context: contextvars.Context | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
+    opening: Opening | None = None,
 ) -> None:
     """Serve one accepted stream socket to the end, then close it.
 
@@ -134,53 +133,33 @@ async def serve_stream(
     handler is resumed from the reader's callbacks between reads (``inline.py``);
     otherwise the task resumes it after each wait. ``loop``: the running loop, if the
     caller has it (``asyncio.get_running_loop()`` costs a ``getpid`` system call on
-    3.11, and this runs once per connection).
+    3.11, and this runs once per connection). ``opening``: what the accept callback did
+    (``opening.begin_stream``: the verdict, and a plain connection's transport begun);
+    None: verify and open here.
     """
     server, sock, client_address = job.server, job.request, job.client_address
     if loop is None:
         loop = asyncio.get_running_loop()
-    try:
-        # verify()'s steps written out: one coroutine less per connection.
-        verdict = server.verify_request(sock, client_address)
-        if verdict is not True and inspect.isawaitable(verdict):
-            verdict = await verdict
-        is_verified = bool(verdict)
-    except Exception as exc:
-        job.ticket.outcome = report_ending(server, exc, sock, client_address)
-        _measure(job, sock)
-        sock.close()
-        return
-    except BaseException:
-        sock.close()
-        raise
-    if not is_verified:
-        job.ticket.outcome = UNVERIFIED
-        _measure(job, sock)
-        server.shutdown_request(sock)
-        return
-    holder = tls_holder(server)
-    reader = _Reader(loop, receive_view)
-    try:
-        if holder is None:
-            transport, _ = await loop.connect_accepted_socket(lambda: reader, sock)
-            reader._switch = switchable(transport)  # bulk reads may use recv(n)
-        else:
-            transport = await start_tls(server, reader, sock, holder.context, loop)
-    except TLSHandshakeError as exc:
-        server._core.note_refusal(exc.reason, client_address, str(exc))
-        sock.close()
-        return
-    except OSError as exc:
-        job.ticket.outcome = "reset"
-        server._core.count_outcome("reset")
-        server._core.peer_fault_log.note(
-            "reset", f"{format_address(client_address)}: lost before serving: {exc}"
-        )
-        sock.close()
-        return
-    except BaseException:
-        sock.close()
-        raise
+    if opening is not None and opening.reader is not None:
+        # Verified and begun in the accept callback: take the transport over.
+        reader = opening.reader
+        try:
+            transport = await opening
+        except OSError as exc:
+            end_lost_before_serving(job, exc)
+            sock.close()
+            return
+        except BaseException:
+            sock.close()
+            raise
+        holder = None
+    else:
+        opened = await _open_in_task(job, receive_view, loop, opening)
+        if opened is None:
+            return
+        reader, transport, holder = opened
+    if holder is None:
+        reader._switch = switchable(transport)  # bulk reads may use recv(n)
     reader.flow.send_pieces = pieces_sender(transport)
     writer = _Writer(transport, reader)
     request = (reader, writer)
@@ -225,8 +204,60 @@ async def serve_stream(
         if details:
             server._core.forget_details(request)
         if server._core.traffic is not None:
-            _measure(job, transport.get_extra_info("socket"))
+            measure_traffic(job, transport.get_extra_info("socket"))
         await close_stream(writer, reader, flush_seconds, is_tls=holder is not None)
+
+
+async def _open_in_task(
+    job: RequestJob,
+    receive_view: memoryview,
+    loop: asyncio.AbstractEventLoop,
+    opening: Opening | None,
+) -> tuple[StreamReader, asyncio.Transport, Any] | None:
+    """Verify and open a connection in its task: a ``verify_request`` that is a
+    coroutine, a TLS handshake, or no ``opening`` from the accept callback. Returns the
+    reader, the transport and the TLS holder (None: plain); None if the request ended
+    here (refused, failed, lost), reported and closed."""
+    server, sock, client_address = job.server, job.request, job.client_address
+    try:
+        # verify()'s steps written out: one coroutine less per connection.
+        if opening is not None:
+            verdict = opening.verdict
+        else:
+            verdict = server.verify_request(sock, client_address)
+        if verdict is not True and inspect.isawaitable(verdict):
+            verdict = await verdict
+        is_verified = bool(verdict)
+    except Exception as exc:
+        job.ticket.outcome = report_ending(server, exc, sock, client_address)
+        measure_traffic(job, sock)
+        sock.close()
+        return None
+    except BaseException:
+        sock.close()
+        raise
+    if not is_verified:
+        end_unverified(job)
+        return None
+    holder = tls_holder(server)
+    reader = _Reader(loop, receive_view)
+    try:
+        if holder is None:
+            transport, _ = await loop.connect_accepted_socket(lambda: reader, sock)
+        else:
+            transport = await start_tls(server, reader, sock, holder.context, loop)
+    except TLSHandshakeError as exc:
+        server._core.note_refusal(exc.reason, client_address, str(exc))
+        sock.close()
+        return None
+    except OSError as exc:
+        end_lost_before_serving(job, exc)
+        sock.close()
+        return None
+    except BaseException:
+        sock.close()
+        raise
+    return reader, transport, holder
 
 
 async def start_tls(
@@ -334,7 +365,7 @@ async def serve_datagram(job: RequestJob) -> None:
     except Exception as exc:
         ticket.outcome = report_ending(server, exc, request, client_address)
     finally:
-        _measure(job, request)
+        measure_traffic(job, request)
         try:
             server.shutdown_request(request)
         except Exception as exc:
@@ -414,20 +445,3 @@ async def close_stream(
         transport.abort()
         await flow.closed()  # abort() closes the socket on the next loop turn: see it done
         raise
-
-
-def report_ending(server: Any, exc: Exception, request: Any, client_address: Any) -> str:
-    """Count how a request ended and give it to ``handle_error``; call inside the
-    ``except`` block (``handle_error`` reads the exception being handled). Returns the
-    outcome counted."""
-    outcome = peer_fault_kind(exc) or HANDLER_ERROR
-    server._core.count_outcome(outcome)
-    call_handle_error(server, request, client_address, log)
-    return outcome
-
-
-def _measure(job: RequestJob, sock: Any) -> None:
-    """Bytes the connection carried, into the ticket, if traffic is recorded: before
-    the close (the transport's socket, or a datagram request's size)."""
-    if job.server._core.traffic is not None:
-        job.ticket.bytes_in, job.ticket.bytes_out = measure(sock)

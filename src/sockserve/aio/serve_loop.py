@@ -48,8 +48,10 @@ from ..serving.core import ServingCore
 from ..serving.job import RequestJob
 from ..serving.loop_threads import STOP_FLAG, STOPPED_EVENT
 from ..serving.selector_loop import ABORT_GRACE_SECONDS, ACCEPT_BATCH
+from .connections import READER_CLASS as _Reader
 from .connections import serve_datagram, serve_stream
 from .datagrams import DatagramSender
+from .opening import begin_stream
 from .preludes import run_preludes
 from .streams import receive_buffer
 from .watchdog import LoopWatchdog
@@ -145,6 +147,14 @@ class AsyncServeLoop:
         server = self._server
         if server is not None and not self._is_draining and not self._is_stopping:
             assert self._loop is not None
+            # The queue is taken and the listener closed now, not in the drain task's
+            # first step a loop turn later: meanwhile a request accepted before the stop
+            # could be served and its client queue its next connection, which a
+            # pre-fork worker past its max_requests would then serve too.
+            self.core.begin_draining()
+            self._take_backlog_and_stop_listening()
+            self._is_draining = True
+            self._update_listener()
             self._loop.create_task(self.drain_async(server, timeout))
 
     def _enter(self, server: Any, loop: asyncio.AbstractEventLoop) -> bool:
@@ -321,15 +331,21 @@ class AsyncServeLoop:
         job = self.core.admit_client(server, request, client_address, details)
         if job is None:
             return False
+        loop = self._loop
+        assert loop is not None
         # The task's own context, given to serve_stream too: it resumes the handler in
         # it from the reader's callbacks (aio/inline.py).
         context = contextvars.copy_context()
         if self._is_stream:
-            work = serve_stream(job, self._receive_view, context, self._loop)
+            # Verified, and its transport begun, here: the task finds it ready (opening.py).
+            opening = context.run(begin_stream, job, _Reader, self._receive_view, loop)
+            if opening is None:
+                job.finish()  # ended here: refused or lost, reported and closed
+                return False
+            work = serve_stream(job, self._receive_view, context, loop, opening)
         else:
             work = serve_datagram(job)
-        assert self._loop is not None
-        task = self._loop.create_task(work, context=context)
+        task = loop.create_task(work, context=context)
         job.ticket.aborter = partial(_cancel, task)
         self._requests[task] = job
         task.add_done_callback(self._request_done)
