@@ -42,6 +42,7 @@ from .fastpath import IMPLEMENTATION
 from .gathered_sends import pieces_sender
 from .handlers import AsyncBaseRequestHandler
 from .inline import INLINE_RESUMPTION, await_handler
+from .loop import STDLIB_SOCKET_TRANSPORT
 from .opening import Opening
 from .receive_switch import switchable
 from .streams import StreamReader
@@ -144,7 +145,9 @@ async def serve_stream(
         # Verified and begun in the accept callback: take the transport over.
         reader = opening.reader
         try:
-            transport = await opening
+            transport = opening.made()
+            if transport is None:  # connection_made has not run yet: wait for it
+                transport = await opening
         except OSError as exc:
             end_lost_before_serving(job, exc)
             sock.close()
@@ -158,9 +161,11 @@ async def serve_stream(
         if opened is None:
             return
         reader, transport, holder = opened
-    if holder is None:
+    if type(transport) is STDLIB_SOCKET_TRANSPORT:
         reader._switch = switchable(transport)  # bulk reads may use recv(n)
-    reader.flow.send_pieces = pieces_sender(transport)
+        reader.flow.send_pieces = pieces_sender(transport)
+    else:  # uvloop's, or a TLS transport: its own writelines (pieces_sender's answer)
+        reader.flow.send_pieces = transport.writelines
     writer = _Writer(transport, reader)
     request = (reader, writer)
     details = job.details
@@ -189,18 +194,19 @@ async def serve_stream(
             await _Driver(await_handler(work), reader, context)
         flush_seconds = CLOSE_FLUSH_SECONDS
         job.ticket.outcome = SERVED
-        breach, watched = _unwatch(watch, watched), None
+        breach, watched = _unwatch(watch, watched) if watched is not None else None, None
         if breach is not None:  # the handler took the cut for an end of stream
             job.ticket.outcome = _report_breach(server, breach, None, request, client_address)
     except Exception as exc:
         flush_seconds = CLOSE_FLUSH_SECONDS
-        breach, watched = _unwatch(watch, watched), None
+        breach, watched = _unwatch(watch, watched) if watched is not None else None, None
         if breach is None or breach is exc:
             job.ticket.outcome = report_ending(server, exc, request, client_address)
         else:
             job.ticket.outcome = _report_breach(server, breach, exc, request, client_address)
     finally:
-        _unwatch(watch, watched)
+        if watched is not None:
+            _unwatch(watch, watched)
         if details:
             server._core.forget_details(request)
         if server._core.traffic is not None:
@@ -340,11 +346,19 @@ def sweep_on_loop(watch: ConnectionWatch) -> None:
 def _is_plain_handler(work: object) -> bool:
     """A handler whose ``__await__`` is the base class's: setup, handle, finish."""
     cls = type(work)
-    return (
-        isinstance(work, AsyncBaseRequestHandler)
-        and getattr(cls, "__await__", None) is AsyncBaseRequestHandler.__await__
-        and getattr(cls, "_serve", None) is AsyncBaseRequestHandler._serve
-    )
+    is_plain = _PLAIN_HANDLER_CLASSES.get(cls)
+    if is_plain is None:
+        is_plain = _PLAIN_HANDLER_CLASSES[cls] = (
+            issubclass(cls, AsyncBaseRequestHandler)
+            and getattr(cls, "__await__", None) is AsyncBaseRequestHandler.__await__
+            and getattr(cls, "_serve", None) is AsyncBaseRequestHandler._serve
+        )
+    return is_plain
+
+
+#: ``_is_plain_handler``'s answers, by class: a handful per process (a class is plain or
+#: not for good; one that is changed after serving starts is not looked at again).
+_PLAIN_HANDLER_CLASSES: dict[type, bool] = {}
 
 
 async def serve_datagram(job: RequestJob) -> None:

@@ -61,6 +61,21 @@ class Opening:
         self.connecting = connecting
         self.waiting = waiting
 
+    def made(self) -> asyncio.Transport | None:
+        """The transport, if the loop has called ``connection_made`` (the rule: the
+        task's first step comes after it); else None, and ``await`` the opening."""
+        waiting, connecting = self.waiting, self.connecting
+        if waiting is not None and not _is_done(waiting):
+            return None
+        assert connecting is not None
+        try:
+            self.waiting = connecting.send(None)
+        except StopIteration as made:
+            self.connecting = self.waiting = None
+            transport: asyncio.Transport = made.value[0]
+            return transport
+        return None  # it waits again, for something else: await the opening
+
     def __await__(self) -> Generator[Any, Any, asyncio.Transport]:
         """In the task: the transport the accept callback began (``_finish``)."""
         return _finish(self)

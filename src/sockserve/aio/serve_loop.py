@@ -256,9 +256,11 @@ class AsyncServeLoop:
         if len(self._in_preludes) >= server.max_pending_preludes:
             return False
         capacity, what = server._capacity()
-        has_room = self.limiter.has_room(capacity)
+        limiter = self.limiter
+        has_room = limiter.has_room(capacity)
         policy = server.overload_policy
-        self.limiter.note_capacity(not has_room, capacity, what, policy)
+        if not has_room or limiter.is_overloaded:  # an episode starts or ends: logged
+            limiter.note_capacity(not has_room, capacity, what, policy)
         return has_room or policy != "wait"
 
     def _on_readable(self) -> None:
