@@ -104,7 +104,7 @@ if KIND in ("protocol", "floor", "task", "streams"):
             server = await loop.create_server(factory, "127.0.0.1", 0)
         print(server.sockets[0].getsockname()[1], flush=True)
         await asyncio.Event().wait()
-    if LOOP == "uvloop":
+    if LOOP_NAME == "uvloop":
         import uvloop
         uvloop.run(main())
     else:
@@ -121,7 +121,7 @@ else:
                     await writer.drain()
             except ConnectionError:
                 pass
-    server = sockserve.AsyncTCPServer(("127.0.0.1", 0), Echo, event_loop=LOOP)
+    server = sockserve.AsyncTCPServer(("127.0.0.1", 0), Echo, event_loop=LOOP_NAME)
     print(server.server_address[1], flush=True)
     server.serve_forever()
 """
@@ -136,7 +136,7 @@ def run_once(
     kind: str, src: str, args: argparse.Namespace, loadgen: Path, profile: str | None
 ) -> float:
     """One server, one measured run: µs of server CPU per MB echoed (per connection)."""
-    code = f"SRC={src!r}\nKIND={kind!r}\nREAD_BYTES={args.read_bytes}\nLOOP={args.loop!r}\n"
+    code = f"SRC={src!r}\nKIND={kind!r}\nREAD_BYTES={args.read_bytes}\nLOOP_NAME={args.loop!r}\n"
     server = subprocess.Popen(
         [sys.executable, "-c", code + SERVER], stdout=subprocess.PIPE, text=True
     )

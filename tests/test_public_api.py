@@ -562,7 +562,8 @@ LAYERS: list[tuple[str, ...]] = [
         "aio.endings",
     ),
     ("aio._fastpath",),  # compiled (optional): it imports nothing of the package
-    ("aio.handlers", "aio.fastpath", "aio.opening"),
+    ("aio.handlers", "aio.fastpath"),
+    ("aio.opening",),
     ("aio.connections",),
     ("aio.serve_loop",),
     ("aio.servers",),

@@ -54,8 +54,6 @@ _Reader, _Writer, _Driver = (
     IMPLEMENTATION.writer_class,
     IMPLEMENTATION.driver_class,
 )
-#: The reader class, for the accept callback that begins a connection (``opening.py``).
-READER_CLASS = _Reader
 
 
 class _TLSProtocol(asyncio.BufferedProtocol):

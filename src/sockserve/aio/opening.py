@@ -33,9 +33,13 @@ from ..addresses import format_address
 from ..admission.tls_prelude import tls_holder
 from ..serving.job import RequestJob
 from .endings import end_lost_before_serving, end_unverified, measure_traffic, report_ending
+from .fastpath import IMPLEMENTATION
 from .streams import StreamReader
 
 log = logging.getLogger("sockserve.aio.serve_loop")
+
+#: The reader class, compiled or pure Python (``fastpath.py``), as in ``connections.py``.
+_Reader = IMPLEMENTATION.reader_class
 
 
 class Opening:
@@ -82,10 +86,7 @@ class Opening:
 
 
 def begin_stream(
-    job: RequestJob,
-    reader_class: type[StreamReader],
-    receive_view: memoryview,
-    loop: asyncio.AbstractEventLoop,
+    job: RequestJob, receive_view: memoryview, loop: asyncio.AbstractEventLoop
 ) -> Opening | None:
     """Verify ``job``'s connection and, if it is plain, start its transport; run in the
     connection's own context (``context.run``), the one its task runs in.
@@ -112,7 +113,7 @@ def begin_stream(
             return None
     if tls_holder(server) is not None:
         return Opening(True)
-    reader = reader_class(loop, receive_view)
+    reader = _Reader(loop, receive_view)
     try:
         connecting = loop.connect_accepted_socket(lambda: reader, sock)
         waiting = connecting.send(None)

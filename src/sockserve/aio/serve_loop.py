@@ -48,7 +48,6 @@ from ..serving.core import ServingCore
 from ..serving.job import RequestJob
 from ..serving.loop_threads import STOP_FLAG, STOPPED_EVENT
 from ..serving.selector_loop import ABORT_GRACE_SECONDS, ACCEPT_BATCH
-from .connections import READER_CLASS as _Reader
 from .connections import serve_datagram, serve_stream
 from .datagrams import DatagramSender
 from .opening import begin_stream
@@ -340,7 +339,7 @@ class AsyncServeLoop:
         context = contextvars.copy_context()
         if self._is_stream:
             # Verified, and its transport begun, here: the task finds it ready (opening.py).
-            opening = context.run(begin_stream, job, _Reader, self._receive_view, loop)
+            opening = context.run(begin_stream, job, self._receive_view, loop)
             if opening is None:
                 job.finish()  # ended here: refused or lost, reported and closed
                 return False
