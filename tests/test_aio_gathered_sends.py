@@ -3,14 +3,13 @@
 A handler writes more in one step than the socket takes while its client does not
 read: what the kernel did not take is buffered by the transport, ``pause_writing``
 comes (so ``drain()`` waits), and once the client reads, every byte arrives once and
-in order. Both loops; on the standard library's loop that is the ``sendmsg`` path on
-3.11 and ``writelines`` + the pause check on 3.12+.
+in order. Both loops; on the standard library's loop that is our own ``sendmsg`` path
+(3.11-3.13).
 """
 
 from __future__ import annotations
 
 import socket
-import sys
 import threading
 from typing import Any
 
@@ -43,6 +42,23 @@ class FloodingWriter(AsyncStreamRequestHandler):
 def test_a_step_larger_than_the_socket_is_buffered_paused_and_arrives_whole(
     event_loop: str,
 ) -> None:
+    seen = _flood_a_client_that_does_not_read(event_loop)
+    if event_loop == "asyncio":
+        assert seen["sender"] is gathered_sends._sendmsg_then_write
+
+
+def test_without_sendmsg_the_pieces_are_joined_for_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fallback (no sendmsg, or a Python whose transport renamed what it reads):
+    # the transport's public write(), which buffers and pauses as well.
+    monkeypatch.setattr(gathered_sends, "_HAS_SENDMSG", False)
+    seen = _flood_a_client_that_does_not_read("asyncio")
+    assert seen["sender"] is gathered_sends._write_joined
+
+
+def _flood_a_client_that_does_not_read(event_loop: str) -> dict[str, Any]:
+    """12 MB written in one step to a client that reads only once the step is over:
+    every byte arrives once, in order, and drain() had to wait. Returns what the
+    handler saw (``paused``, ``sender``)."""
     server: Any = AsyncTCPServer(("127.0.0.1", 0), FloodingWriter, event_loop=event_loop)
     server.seen = {}
     server.written = threading.Event()
@@ -56,10 +72,5 @@ def test_a_step_larger_than_the_socket_is_buffered_paused_and_arrives_whole(
             received += chunk
     assert received == b"".join(PIECES)
     assert server.seen["paused"] is True  # drain() had to wait: the transport said so
-    if event_loop == "asyncio":
-        expected = (
-            gathered_sends._sendmsg_then_write
-            if sys.version_info < (3, 12)
-            else gathered_sends._writelines_then_pause
-        )
-        assert server.seen["sender"] is expected
+    seen: dict[str, Any] = server.seen
+    return seen

@@ -6,25 +6,24 @@ chosen here once per connection:
 
 * uvloop: ``transport.writelines``, which sends them with one ``writev`` and applies
   flow control like ``write``.
-* The standard library's socket transport on Python 3.12 and 3.13: its own
-  ``writelines`` sends them with one ``sendmsg``, but never checks the high-water mark:
-  the transport buffers without bound, ``pause_writing`` never comes, ``drain()`` never
-  waits and a client that stops reading is never cut by ``write_timeout`` (read in the
-  3.12.1 and 3.13.0 sources; found by tests/test_slow_clients.py). So it is followed by
-  the check ``write`` makes after buffering, ``_maybe_pause_protocol``.
-* The same transport on Python 3.11: ``writelines`` is the base class's, which joins the
-  pieces into one bytes object (a copy of every byte: 6% of the server's CPU in a bulk
-  echo, ``perf``) and calls ``write``. Instead, while the transport's buffer is empty
-  (it always is when the client keeps up), the pieces go out with one ``sendmsg`` of
-  our own, and what the kernel did not take goes to ``write``, which buffers it and
-  applies flow control: the transport's own ``write`` path, with ``sendmsg`` for its
-  first ``send``. Anything unusual (buffered bytes, a lost connection, more pieces
-  than one ``sendmsg`` takes) goes the joined way.
+* The standard library's socket transport: while its buffer is empty (it always is
+  when the client keeps up), the pieces go out with one ``sendmsg`` of our own, and
+  what the kernel did not take goes to ``write``, which buffers it and applies flow
+  control: the transport's own ``write`` path, with ``sendmsg`` for its first ``send``.
+  Anything unusual (buffered bytes, a lost connection, a ``sendfile`` in progress,
+  more pieces than one ``sendmsg`` takes) goes the joined way. Why not its
+  ``writelines``: on 3.11 it is the base class's, which joins the pieces into one bytes
+  object (a copy of every byte: 6% of the server's CPU in a bulk echo, ``perf``) and
+  calls ``write``; on 3.12 and 3.13 it sends with ``sendmsg`` but through a deque of
+  memoryviews and the selector's writer bookkeeping on every call (a bulk echo cost 900 µs of server
+  CPU per MB on 3.12 and 1,015 on 3.13 that way, 574 with ours; the asyncio
+  ``Protocol`` 490: ``python bench/bulk_quick.py``), and it never checks the
+  high-water mark (the transport buffers without bound, ``pause_writing`` never
+  comes; read in the 3.12.1 and 3.13.0 sources, found by tests/test_slow_clients.py).
+  Where ``sendmsg`` or a private name is missing, the pieces are joined for ``write``.
 
 Private names of the standard library's transport are read (``_buffer``, ``_sock``,
-``_conn_lost``, ``_eof``, ``_empty_waiter``, ``_fatal_error``,
-``_maybe_pause_protocol``; the same in 3.11-3.13); where one is missing,
-``writelines`` is used as it is.
+``_conn_lost``, ``_eof``, ``_empty_waiter``, ``_fatal_error``; the same in 3.11-3.13).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
-from .loop import STDLIB_SOCKET_TRANSPORT, is_stdlib_socket_transport
+from .loop import is_stdlib_socket_transport
 
 __all__ = ["pieces_sender"]
 
@@ -42,12 +41,7 @@ __all__ = ["pieces_sender"]
 #: more than this in one step means small writes, which joining costs little.
 MAX_PIECES = 64
 
-#: The transport's own ``writelines`` (3.12+), or None (3.11: the base class's, which joins).
-_OWN_WRITELINES = (
-    vars(STDLIB_SOCKET_TRANSPORT).get("writelines") if STDLIB_SOCKET_TRANSPORT else None
-)
 _NEEDED_FOR_SENDMSG = ("_buffer", "_sock", "_conn_lost", "_eof", "_empty_waiter", "_fatal_error")
-_NEEDED_FOR_PAUSE = ("_maybe_pause_protocol",)
 #: ``sendmsg`` is missing on some platforms (Windows).
 _HAS_SENDMSG = hasattr(socket.socket, "sendmsg")
 
@@ -55,18 +49,10 @@ _HAS_SENDMSG = hasattr(socket.socket, "sendmsg")
 def pieces_sender(transport: Any) -> Callable[[list[bytes]], None]:
     """The function that sends a list of collected writes on ``transport``."""
     if is_stdlib_socket_transport(transport, ()):
-        if _OWN_WRITELINES is not None:
-            if is_stdlib_socket_transport(transport, _NEEDED_FOR_PAUSE):
-                return partial(_writelines_then_pause, transport)
-            return partial(_write_joined, transport)  # (write() makes the check)
         if _HAS_SENDMSG and is_stdlib_socket_transport(transport, _NEEDED_FOR_SENDMSG):
             return partial(_sendmsg_then_write, transport)
+        return partial(_write_joined, transport)  # write() buffers and pauses, as it should
     return cast("Callable[[list[bytes]], None]", transport.writelines)
-
-
-def _writelines_then_pause(transport: Any, pieces: list[bytes]) -> None:
-    transport.writelines(pieces)
-    transport._maybe_pause_protocol()
 
 
 def _write_joined(transport: Any, pieces: list[bytes]) -> None:
