@@ -37,7 +37,13 @@ from ..serving.connection_watch import ConnectionWatch
 from ..serving.job import SERVED, UNVERIFIED, RequestJob
 from ..tls import tls_info
 from ..tls_handshake import handshake_failure
-from .endings import end_lost_before_serving, end_unverified, measure_traffic, report_ending
+from .endings import (
+    end_lost_before_serving,
+    end_unverified,
+    end_verify_error,
+    measure_traffic,
+    report_ending,
+)
 from .fastpath import IMPLEMENTATION
 from .gathered_sends import pieces_sender
 from .handlers import AsyncBaseRequestHandler
@@ -233,9 +239,7 @@ async def _open_in_task(
             verdict = await verdict
         is_verified = bool(verdict)
     except Exception as exc:
-        job.ticket.outcome = report_ending(server, exc, sock, client_address)
-        measure_traffic(job, sock)
-        sock.close()
+        end_verify_error(job, exc)
         return None
     except BaseException:
         sock.close()

@@ -24,6 +24,15 @@ def report_ending(server: Any, exc: Exception, request: Any, client_address: Any
     return outcome
 
 
+def end_verify_error(job: RequestJob, exc: Exception) -> None:
+    """``verify_request`` raised: counted, given to ``handle_error`` and closed; call
+    inside the ``except`` block, as ``report_ending``."""
+    sock = job.request
+    job.ticket.outcome = report_ending(job.server, exc, sock, job.client_address)
+    measure_traffic(job, sock)
+    sock.close()
+
+
 def end_unverified(job: RequestJob) -> None:
     """``verify_request`` said no: closed unserved, with ``shutdown_request`` as in the
     synchronous servers."""

@@ -32,7 +32,11 @@ from typing import Any
 from ..addresses import format_address
 from ..admission.tls_prelude import tls_holder
 from ..serving.job import RequestJob
-from .endings import end_lost_before_serving, end_unverified, measure_traffic, report_ending
+from .endings import (
+    end_lost_before_serving,
+    end_unverified,
+    end_verify_error,
+)
 from .fastpath import IMPLEMENTATION
 from .streams import StreamReader
 
@@ -98,9 +102,7 @@ def begin_stream(
     try:
         verdict = server.verify_request(sock, client_address)
     except Exception as exc:
-        job.ticket.outcome = report_ending(server, exc, sock, client_address)
-        measure_traffic(job, sock)
-        sock.close()
+        end_verify_error(job, exc)
         return None
     except BaseException:
         sock.close()
