@@ -40,7 +40,7 @@ SERVER = r"""
 import asyncio, os, sys
 sys.path.insert(0, SRC)
 os.sched_setaffinity(0, {0})
-if KIND in ("protocol", "floor", "task", "streams"):
+if KIND in ("protocol", "floor", "soon", "bare-task", "task", "streams"):
     class Echo(asyncio.Protocol):
         def connection_made(self, transport):
             self.transport = transport
@@ -88,6 +88,22 @@ if KIND in ("protocol", "floor", "task", "streams"):
             super().eof_received()
             self.ended.set_result(None)
 
+    class FloorCallSoon(Floor):
+        # The floor plus one call_soon per connection: what a loop turn's callback costs.
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            RUNNING[0].call_soon(len, "")
+
+    async def returns_at_once():
+        pass
+
+    class FloorBareTask(Floor):
+        # The floor plus an asyncio Task per connection that returns at once: what a
+        # Task costs by itself (created, registered, run once, done).
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            RUNNING[0].create_task(returns_at_once())
+
     async def echo_streams(reader, writer):
         while data := await reader.read(READ_BYTES):
             writer.write(data)
@@ -100,7 +116,12 @@ if KIND in ("protocol", "floor", "task", "streams"):
         if KIND == "streams":
             server = await asyncio.start_server(echo_streams, "127.0.0.1", 0)
         else:
-            factory = {"floor": Floor, "task": TaskFloor}.get(KIND, Echo)
+            factory = {
+                "floor": Floor,
+                "task": TaskFloor,
+                "soon": FloorCallSoon,
+                "bare-task": FloorBareTask,
+            }.get(KIND, Echo)
             server = await loop.create_server(factory, "127.0.0.1", 0)
         print(server.sockets[0].getsockname()[1], flush=True)
         await asyncio.Event().wait()
@@ -200,8 +221,9 @@ def main() -> None:
         default="protocol",
         help="comma list of bare peers on the same loop: protocol (an echo Protocol), "
         "floor (a coroutine per connection resumed by data_received: no task, future or "
-        "reader), task (floor plus an asyncio Task per connection that waits for the "
-        "handler's end), streams (asyncio.start_server)",
+        "reader), soon (floor plus a call_soon per connection), bare-task (floor plus an "
+        "asyncio Task per connection that returns at once), task (floor plus a Task that "
+        "waits for the handler's end), streams (asyncio.start_server)",
     )
     parser.add_argument("--profile", choices=["perf", "strace"])
     args = parser.parse_args()
