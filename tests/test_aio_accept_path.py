@@ -271,5 +271,38 @@ def test_an_opening_cancelled_while_waiting_closes_its_transport(event_loop: str
     _run(main(), event_loop)
 
 
+def test_a_loop_that_opens_without_waiting_hands_the_transport_over() -> None:
+    # A loop whose connect_accepted_socket never waits (neither asyncio's nor uvloop's
+    # does that today): the opening keeps the transport it returned.
+    from sockserve.admission.limits import untracked_ticket
+    from sockserve.aio.opening import begin_stream
+    from sockserve.serving.job import RequestJob
+
+    made = object()
+    real_loop = asyncio.new_event_loop()
+
+    class OpensAtOnce:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_loop, name)  # what the reader needs (create_future)
+
+        def connect_accepted_socket(self, factory: Any, sock: socket.socket) -> Any:
+            async def connect() -> tuple[Any, Any]:
+                return made, factory()
+
+            return connect()
+
+    ours, theirs = socket.socketpair()
+    try:
+        with ours, theirs, AsyncTCPServer(("127.0.0.1", 0), _Echo) as server:
+            ticket = untracked_ticket(ours, "peer")
+            job = RequestJob(server, ours, "peer", ticket, server._core)
+            opening = begin_stream(job, memoryview(bytearray(64)), OpensAtOnce())  # type: ignore[arg-type]
+            assert opening is not None
+            assert opening.reader is not None
+            assert opening.made() is made
+    finally:
+        real_loop.close()
+
+
 async def _receive(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
     return await asyncio.wait_for(loop.sock_recv(sock, 16), CLIENT_TIMEOUT)

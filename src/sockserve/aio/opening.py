@@ -53,9 +53,10 @@ class Opening:
     ``reader`` and ``connecting``: when it was True and the connection is plain, its
     reader and the loop's ``connect_accepted_socket`` coroutine, suspended in its wait
     for ``connection_made`` on ``waiting``; None otherwise (the task makes the transport).
+    ``transport``: set instead of those when the loop made it without waiting.
     """
 
-    __slots__ = ("verdict", "reader", "connecting", "waiting")
+    __slots__ = ("verdict", "reader", "connecting", "waiting", "transport")
 
     def __init__(
         self,
@@ -68,10 +69,13 @@ class Opening:
         self.reader = reader
         self.connecting = connecting
         self.waiting = waiting
+        self.transport: asyncio.Transport | None = None
 
     def made(self) -> asyncio.Transport | None:
         """The transport, if the loop has called ``connection_made`` (the rule: the
         task's first step comes after it); else None, and ``await`` the opening."""
+        if self.transport is not None:
+            return self.transport
         waiting, connecting = self.waiting, self.connecting
         if waiting is not None and not _is_done(waiting):
             return None
@@ -120,7 +124,9 @@ def begin_stream(
         connecting = loop.connect_accepted_socket(lambda: reader, sock)
         waiting = connecting.send(None)
     except StopIteration as made:  # a loop that made it without waiting
-        return Opening(True, reader, _made(made.value))
+        opening = Opening(True, reader)
+        opening.transport = made.value[0]
+        return opening
     except OSError as exc:
         end_lost_before_serving(job, exc)
         sock.close()
@@ -165,7 +171,3 @@ def _finish(opening: Opening) -> Generator[Any, Any, asyncio.Transport]:
 def _is_done(waiting: Any) -> bool:
     done = getattr(waiting, "done", None)
     return done is not None and bool(done())
-
-
-async def _made(result: Any) -> Any:
-    return result
