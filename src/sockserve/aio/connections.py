@@ -48,7 +48,6 @@ from .fastpath import IMPLEMENTATION
 from .gathered_sends import pieces_sender
 from .handlers import AsyncBaseRequestHandler
 from .inline import INLINE_RESUMPTION, await_handler
-from .loop import STDLIB_SOCKET_TRANSPORT
 from .opening import Opening
 from .receive_switch import switchable
 from .streams import StreamReader
@@ -130,7 +129,8 @@ async def serve_stream(
     receive_view: memoryview,
     context: contextvars.Context | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
-    opening: Opening | None = None,
+    *,
+    opening: Opening,
 ) -> None:
     """Serve one accepted stream socket to the end, then close it.
 
@@ -139,13 +139,12 @@ async def serve_stream(
     otherwise the task resumes it after each wait. ``loop``: the running loop, if the
     caller has it (``asyncio.get_running_loop()`` costs a ``getpid`` system call on
     3.11, and this runs once per connection). ``opening``: what the accept callback did
-    (``opening.begin_stream``: the verdict, and a plain connection's transport begun);
-    None: verify and open here.
+    (``opening.begin_stream``: the verdict, and a plain connection's transport begun).
     """
     server, sock, client_address = job.server, job.request, job.client_address
     if loop is None:
         loop = asyncio.get_running_loop()
-    if opening is not None and opening.reader is not None:
+    if opening.reader is not None:
         # Verified and begun in the accept callback: take the transport over.
         reader = opening.reader
         try:
@@ -165,11 +164,9 @@ async def serve_stream(
         if opened is None:
             return
         reader, transport, holder = opened
-    if type(transport) is STDLIB_SOCKET_TRANSPORT:
+    if holder is None:
         reader._switch = switchable(transport)  # bulk reads may use recv(n)
-        reader.flow.send_pieces = pieces_sender(transport)
-    else:  # uvloop's, or a TLS transport: its own writelines (pieces_sender's answer)
-        reader.flow.send_pieces = transport.writelines
+    reader.flow.send_pieces = pieces_sender(transport)
     writer = _Writer(transport, reader)
     request = (reader, writer)
     details = job.details
@@ -198,19 +195,18 @@ async def serve_stream(
             await _Driver(await_handler(work), reader, context)
         flush_seconds = CLOSE_FLUSH_SECONDS
         job.ticket.outcome = SERVED
-        breach, watched = _unwatch(watch, watched) if watched is not None else None, None
+        breach, watched = _unwatch(watch, watched), None
         if breach is not None:  # the handler took the cut for an end of stream
             job.ticket.outcome = _report_breach(server, breach, None, request, client_address)
     except Exception as exc:
         flush_seconds = CLOSE_FLUSH_SECONDS
-        breach, watched = _unwatch(watch, watched) if watched is not None else None, None
+        breach, watched = _unwatch(watch, watched), None
         if breach is None or breach is exc:
             job.ticket.outcome = report_ending(server, exc, request, client_address)
         else:
             job.ticket.outcome = _report_breach(server, breach, exc, request, client_address)
     finally:
-        if watched is not None:
-            _unwatch(watch, watched)
+        _unwatch(watch, watched)
         if details:
             server._core.forget_details(request)
         if server._core.traffic is not None:
@@ -222,20 +218,16 @@ async def _open_in_task(
     job: RequestJob,
     receive_view: memoryview,
     loop: asyncio.AbstractEventLoop,
-    opening: Opening | None,
+    opening: Opening,
 ) -> tuple[StreamReader, asyncio.Transport, Any] | None:
-    """Verify and open a connection in its task: a ``verify_request`` that is a
-    coroutine, a TLS handshake, or no ``opening`` from the accept callback. Returns the
-    reader, the transport and the TLS holder (None: plain); None if the request ended
-    here (refused, failed, lost), reported and closed."""
+    """Open a connection in its task, where the accept callback could not: a
+    ``verify_request`` that is a coroutine (its verdict awaited here), or a TLS
+    handshake. Returns the reader, the transport and the TLS holder (None: plain); None
+    if the request ended here (refused, failed, lost), reported and closed."""
     server, sock, client_address = job.server, job.request, job.client_address
     try:
-        # verify()'s steps written out: one coroutine less per connection.
-        if opening is not None:
-            verdict = opening.verdict
-        else:
-            verdict = server.verify_request(sock, client_address)
-        if verdict is not True and inspect.isawaitable(verdict):
+        verdict = opening.verdict
+        if verdict is not True:
             verdict = await verdict
         is_verified = bool(verdict)
     except Exception as exc:

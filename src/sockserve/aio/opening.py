@@ -146,26 +146,18 @@ def begin_stream(
 def _finish(opening: Opening) -> Generator[Any, Any, asyncio.Transport]:
     """The transport ``begin_stream`` started, for the task that awaits ``opening``.
 
-    Resumes the loop's coroutine where the accept callback left it. It waits only if the
-    loop has not called ``connection_made`` yet, by handing what the coroutine waits on
-    to the task, as the coroutine would have; cancelled meanwhile, the coroutine gets the
-    cancellation and closes the transport, as when it is awaited.
+    While the loop has not called ``connection_made``, what the loop's coroutine waits on
+    is handed to the task, as the coroutine would have; cancelled meanwhile, the
+    coroutine gets the cancellation and closes the transport, as when it is awaited.
     """
-    connecting, waiting = opening.connecting, opening.waiting
-    assert connecting is not None
-    opening.connecting = opening.waiting = None  # the task's own from here
-    while True:
-        if waiting is not None and not _is_done(waiting):
-            try:
-                yield waiting
-            except BaseException as exc:
-                waiting = connecting.throw(exc)
-                continue
+    while (transport := opening.made()) is None:
+        connecting = opening.connecting
+        assert connecting is not None
         try:
-            waiting = connecting.send(None)
-        except StopIteration as made:
-            transport: asyncio.Transport = made.value[0]
-            return transport
+            yield opening.waiting
+        except BaseException as exc:
+            opening.waiting = connecting.throw(exc)
+    return transport
 
 
 def _is_done(waiting: Any) -> bool:

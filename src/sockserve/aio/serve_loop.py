@@ -150,10 +150,7 @@ class AsyncServeLoop:
             # first step a loop turn later: meanwhile a request accepted before the stop
             # could be served and its client queue its next connection, which a
             # pre-fork worker past its max_requests would then serve too.
-            self.core.begin_draining()
-            self._take_backlog_and_stop_listening()
-            self._is_draining = True
-            self._update_listener()
+            self._stop_accepting_for_drain()
             self._loop.create_task(self.drain_async(server, timeout))
 
     def _enter(self, server: Any, loop: asyncio.AbstractEventLoop) -> bool:
@@ -255,11 +252,9 @@ class AsyncServeLoop:
         if len(self._in_preludes) >= server.max_pending_preludes:
             return False
         capacity, what = server._capacity()
-        limiter = self.limiter
-        has_room = limiter.has_room(capacity)
+        has_room = self.limiter.has_room(capacity)
         policy = server.overload_policy
-        if not has_room or limiter.is_overloaded:  # an episode starts or ends: logged
-            limiter.note_capacity(not has_room, capacity, what, policy)
+        self.limiter.note_capacity(not has_room, capacity, what, policy)
         return has_room or policy != "wait"
 
     def _on_readable(self) -> None:
@@ -343,7 +338,7 @@ class AsyncServeLoop:
             if opening is None:
                 job.finish()  # ended here: refused or lost, reported and closed
                 return False
-            work = serve_stream(job, self._receive_view, context, loop, opening)
+            work = serve_stream(job, self._receive_view, context, loop, opening=opening)
         else:
             work = serve_datagram(job)
         task = loop.create_task(work, context=context)
@@ -468,11 +463,8 @@ class AsyncServeLoop:
         closed, so new clients are refused at once.
         """
         started = time.monotonic()
-        released_before = self.core.begin_draining()
         log.info("draining %d request(s) for up to %.1f s", self.limiter.active, timeout)
-        self._take_backlog_and_stop_listening()
-        self._is_draining = True  # stop accepting, but let serve() run until we are done
-        self._update_listener()
+        released_before = self._stop_accepting_for_drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -500,6 +492,16 @@ class AsyncServeLoop:
         )
         self._last_drain = report
         return report
+
+    def _stop_accepting_for_drain(self) -> int:
+        """A drain's first steps (once; again, they do nothing): mark its start, take
+        what the kernel queued, close the listener, stop accepting but let serve() run.
+        Returns the ``limiter.released`` count the drain counts from."""
+        released_before = self.core.begin_draining()
+        self._take_backlog_and_stop_listening()
+        self._is_draining = True
+        self._update_listener()
+        return released_before
 
     def _running_work(self) -> set[asyncio.Task[Any]]:
         """The requests and prelude runs in progress, except the caller (a drain task)."""
